@@ -1,0 +1,18 @@
+"""ASGI entry point: HTTP through Django, WebSockets through Channels."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+django_asgi_app = get_asgi_application()  # before importing anything that touches models
+
+from channels.routing import ProtocolTypeRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+from config import jobs  # noqa: E402
+
+application = ProtocolTypeRouter({"http": django_asgi_app})
+
+if settings.RUN_PERIODIC_IN_PROCESS:
+    jobs.start_periodic_jobs()

@@ -1,0 +1,100 @@
+"""One error shape for every API response: {"error": {"code", "detail", ...}}."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, cast
+
+from django.http import HttpRequest, JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+
+class ApiError(exceptions.APIException):
+    """A domain error with its own status and stable code."""
+
+    status_code: int = status.HTTP_400_BAD_REQUEST
+    default_code = "bad_request"
+    default_detail = "Bad request."
+
+
+class Conflict(ApiError):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+    default_detail = "The resource is not in a state that allows this."
+
+
+class PayloadTooLarge(ApiError):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_code = "payload_too_large"
+    default_detail = "The request body is too large."
+
+
+_CODES: dict[type[exceptions.APIException], str] = {
+    exceptions.ParseError: "invalid_json",
+    exceptions.AuthenticationFailed: "unauthorized",
+    exceptions.NotAuthenticated: "unauthorized",
+    exceptions.PermissionDenied: "forbidden",
+    exceptions.NotFound: "not_found",
+    exceptions.MethodNotAllowed: "method_not_allowed",
+    exceptions.NotAcceptable: "not_acceptable",
+    exceptions.UnsupportedMediaType: "unsupported_media_type",
+    exceptions.Throttled: "rate_limited",
+    exceptions.ValidationError: "invalid_request",
+}
+
+
+def _flatten(errors: Any, prefix: str = "") -> dict[str, str]:
+    """{"customer": {"name": ["..."]}} -> {"customer.name": "..."}."""
+    flat: dict[str, str] = {}
+    if isinstance(errors, dict):
+        for key, value in errors.items():
+            name = str(key) if key != "non_field_errors" else ""
+            flat.update(_flatten(value, f"{prefix}.{name}".strip(".") if name else prefix))
+    elif isinstance(errors, list):
+        if errors and all(not isinstance(item, (dict, list)) for item in errors):
+            flat[prefix or "body"] = " ".join(str(item) for item in errors)
+        else:
+            for index, item in enumerate(errors):
+                flat.update(_flatten(item, f"{prefix}[{index}]" if prefix else f"[{index}]"))
+    elif errors is not None:
+        flat[prefix or "body"] = str(errors)
+    return flat
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+    exc = cast(exceptions.APIException, exc)  # the default handler answers only for these
+    if isinstance(exc, ApiError):
+        code = exc.get_codes() if isinstance(exc.get_codes(), str) else exc.default_code
+    else:
+        code = next((c for cls, c in _CODES.items() if isinstance(exc, cls)), "error")
+    body: dict[str, Any] = {"code": code}
+    if isinstance(exc, exceptions.ValidationError):
+        fields = _flatten(exc.detail)
+        first_field, first_message = next(iter(fields.items()), ("body", "Invalid request."))
+        body["detail"] = f"{first_field}: {first_message}"
+        body["field"] = first_field
+        body["fields"] = fields
+    else:
+        body["detail"] = str(exc.detail) if not isinstance(exc.detail, (dict, list)) else str(exc.detail)
+    wait = getattr(exc, "wait", None)
+    if isinstance(exc, exceptions.Throttled) and wait is not None:
+        body["retry_after_seconds"] = math.ceil(wait)
+    response.data = {"error": body}
+    return response
+
+
+def json_not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return JsonResponse({"error": {"code": "not_found", "detail": "No such resource."}}, status=404)
+
+
+def json_server_error(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"error": {"code": "server_error", "detail": "Internal error."}}, status=500)
+
+
+def json_bad_request(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return JsonResponse({"error": {"code": "bad_request", "detail": "Bad request."}}, status=400)

@@ -1,0 +1,110 @@
+"""Background jobs: one way to start a task, whichever runner is configured.
+
+`TASK_RUNNER=celery` sends the task to Celery workers through the broker.
+`TASK_RUNNER=thread` (the embedded default) runs it in a small pool of threads
+inside this process, honouring the countdown, so the demo needs no other server.
+
+Tasks never rely on the runner for correctness: each one re-reads its state
+from the database, and a periodic sweeper re-starts whatever a lost timer or a
+crashed process left behind.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+from celery import Task
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.utils.module_loading import import_string
+
+logger = logging.getLogger(__name__)
+
+
+class InProcessRunner:
+    """A timer heap served by one scheduler thread and a few worker threads."""
+
+    def __init__(self, workers: int = 4) -> None:
+        self._workers = workers
+        self._heap: list[tuple[float, int, Callable[..., Any], tuple[Any, ...]]] = []
+        self._cv = threading.Condition()
+        self._seq = itertools.count()
+        self._pool: ThreadPoolExecutor | None = None
+        self._thread: threading.Thread | None = None
+
+    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], countdown: float = 0) -> None:
+        with self._cv:
+            if self._thread is None or not self._thread.is_alive():
+                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="job")
+                self._thread = threading.Thread(target=self._loop, name="job-timer", daemon=True)
+                self._thread.start()
+            heapq.heappush(self._heap, (time.monotonic() + max(countdown, 0), next(self._seq), fn, args))
+            self._cv.notify()
+
+    def clear(self) -> None:
+        """Forget every job not yet started (used between tests)."""
+        with self._cv:
+            self._heap.clear()
+
+    def pending(self) -> int:
+        with self._cv:
+            return len(self._heap)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._cv.wait(timeout)
+                _, _, fn, args = heapq.heappop(self._heap)
+            cast(ThreadPoolExecutor, self._pool).submit(self._run, fn, args)
+
+    @staticmethod
+    def _run(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        close_old_connections()
+        try:
+            fn(*args)
+        except Exception:
+            logger.exception("background job %s%r failed", getattr(fn, "__name__", fn), args)
+        finally:
+            close_old_connections()
+
+
+runner = InProcessRunner()
+
+
+def enqueue(task: Task, *args: Any, countdown: float = 0) -> None:
+    """Start `task(*args)` after `countdown` seconds on the configured runner."""
+    if settings.TASK_RUNNER == "celery":
+        task.apply_async(args=args, countdown=countdown or None)
+    else:
+        runner.submit(task.run, args, countdown)
+
+
+def enqueue_on_commit(task: Task, *args: Any, countdown: float = 0) -> None:
+    """Start the task once the current transaction commits (never before)."""
+    transaction.on_commit(lambda: enqueue(task, *args, countdown=countdown))
+
+
+def start_periodic_jobs() -> None:
+    """Run settings.PERIODIC_JOBS in-process, as celery beat does in production."""
+    for job in settings.PERIODIC_JOBS.values():
+        _schedule_every(import_string(str(job["task"])), float(str(job["seconds"])))
+
+
+def _schedule_every(task: Task, seconds: float) -> None:
+    def tick() -> None:
+        try:
+            task.run()
+        finally:
+            runner.submit(tick, (), seconds)
+
+    tick.__name__ = f"every_{seconds}s_{task.name}"
+    runner.submit(tick, (), seconds)

@@ -1,0 +1,278 @@
+"""Settings, read from the environment (see ../shared/API.md section 6).
+
+With nothing set, the embedded default needs no other server: SQLite, the
+in-memory channel layer, and background jobs in a thread of the web process.
+With DATABASE_URL and REDIS_URL set, the same code runs on PostgreSQL,
+channels_redis and Celery workers. Production (DEBUG off) refuses to start
+without its secrets.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean, got {raw!r}")
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    try:
+        return default if raw in (None, "") else int(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    try:
+        return default if raw in (None, "") else float(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from exc
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+DEBUG = env_bool("DEBUG", True)
+
+SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY is required when DEBUG is off")
+    SECRET_KEY = "django-insecure-development-only-key"  # noqa: S105 - DEBUG only
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"] if DEBUG else [])
+if not DEBUG and not ALLOWED_HOSTS:
+    raise ImproperlyConfigured("ALLOWED_HOSTS is required when DEBUG is off")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "channels",
+    "django_celery_beat",
+    "marketplace",
+    "dispatch",
+    "payouts",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -----------------------------------------------------------------
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0))}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The embedded default has several threads writing (requests, background
+    # jobs); WAL plus IMMEDIATE transactions make SQLite wait instead of failing.
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+IS_POSTGRES = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: channel layer, cache, Celery broker --------------------------------
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CHANNEL_PREFIX", "mkt"), "capacity": 1000},
+        }
+    }
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+# "celery": jobs go to Celery workers through the broker.
+# "thread": jobs run in a background thread of this process (embedded default).
+TASK_RUNNER = env_str("TASK_RUNNER", "celery" if CELERY_BROKER_URL else "thread")
+if TASK_RUNNER not in {"celery", "thread"}:
+    raise ImproperlyConfigured("TASK_RUNNER must be 'celery' or 'thread'")
+if TASK_RUNNER == "celery" and not CELERY_BROKER_URL:
+    raise ImproperlyConfigured("TASK_RUNNER=celery needs REDIS_URL or CELERY_BROKER_URL")
+# In the embedded default the web process also runs the periodic sweepers.
+RUN_PERIODIC_IN_PROCESS = env_bool("RUN_PERIODIC_IN_PROCESS", TASK_RUNNER == "thread")
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True  # a crashed worker's task goes back to the queue
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+
+# Periodic jobs. Celery beat runs them in production (django-celery-beat copies
+# this schedule into the database, where admins can change it); the embedded
+# default runs the same functions on the same periods in-process.
+PERIODIC_JOBS = {
+    "callbacks-sweep": {"task": "marketplace.tasks.sweep_callbacks", "seconds": env_float("CALLBACK_SWEEP_SECONDS", 5)},
+}
+CELERY_BEAT_SCHEDULE = {name: {"task": job["task"], "schedule": job["seconds"]} for name, job in PERIODIC_JOBS.items()}
+
+# --- Auth, i18n, static ---------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 8}},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if not DEBUG
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = DEBUG
+
+if not DEBUG:
+    SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", True)
+    CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", True)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- REST framework and OpenAPI ------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "config.errors.api_exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Human-agent marketplace API",
+    "DESCRIPTION": (
+        "Escalations from AI bots to freelance human agents. Bot requests are signed with "
+        '`X-Bot-Id` and `X-Bot-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>`.'
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- The product's own settings --------------------------------------------------
+OFFER_TIMEOUT_SECONDS = env_float("OFFER_TIMEOUT_SECONDS", 20)
+PAYOUT_HOLD_SECONDS = env_float("PAYOUT_HOLD_SECONDS", 0)
+PRESENCE_GRACE_SECONDS = env_float("PRESENCE_GRACE_SECONDS", 30)
+STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY")
+STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET")
+STRIPE_API_BASE = env_str("STRIPE_API_BASE")
+PLATFORM_CURRENCY = env_str("PLATFORM_CURRENCY", "usd").lower()
+
+# Bot API
+BOT_SIGNATURE_TOLERANCE_SECONDS = env_int("BOT_SIGNATURE_TOLERANCE_SECONDS", 300)
+BOT_MAX_BODY_BYTES = env_int("BOT_MAX_BODY_BYTES", 256 * 1024)
+BOT_RATE_LIMIT_PER_MINUTE = env_int("BOT_RATE_LIMIT_PER_MINUTE", 1200)
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(BOT_MAX_BODY_BYTES, 2_621_440)
+
+# Callbacks to bots
+CALLBACK_TIMEOUT_SECONDS = env_float("CALLBACK_TIMEOUT_SECONDS", 10)
+CALLBACK_MAX_ATTEMPTS = env_int("CALLBACK_MAX_ATTEMPTS", 12)
+CALLBACK_BACKOFF_BASE_SECONDS = env_float("CALLBACK_BACKOFF_BASE_SECONDS", 2)
+CALLBACK_BACKOFF_MAX_SECONDS = env_float("CALLBACK_BACKOFF_MAX_SECONDS", 900)
+# A delivery that has not reported back within this lease is taken as lost
+# (a crashed worker) and handed to the next attempt.
+CALLBACK_LEASE_SECONDS = env_float("CALLBACK_LEASE_SECONDS", CALLBACK_TIMEOUT_SECONDS * 3)
+
+# Queue and wait estimate
+# Priority is a head start in the queue: an urgent conversation is ordered as if
+# it had arrived this many seconds earlier. Age therefore always wins in the end,
+# so low priority is never starved.
+QUEUE_PRIORITY_HEAD_START_SECONDS = {
+    "low": env_float("QUEUE_HEAD_START_LOW", 0),
+    "normal": env_float("QUEUE_HEAD_START_NORMAL", 60),
+    "high": env_float("QUEUE_HEAD_START_HIGH", 300),
+    "urgent": env_float("QUEUE_HEAD_START_URGENT", 900),
+}
+DEFAULT_HANDLE_SECONDS = env_float("DEFAULT_HANDLE_SECONDS", 300)
+DEFAULT_ANSWER_SECONDS = env_float("DEFAULT_ANSWER_SECONDS", 10)
+HANDLE_TIME_SAMPLE = env_int("HANDLE_TIME_SAMPLE", 200)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# A stand-in bot endpoint for the demo (marketplace/demo.py).
+DEMO_ENDPOINTS = env_bool("DEMO_ENDPOINTS", DEBUG)

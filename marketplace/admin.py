@@ -1,0 +1,202 @@
+"""Admin for every marketplace model. State changes go through the services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from . import callbacks, services
+from .models import Agent, BotIntegration, CallbackAttempt, CallbackEvent, Conversation, ConversationEvent, Message
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """For append-only records: viewable, never added, edited or deleted here."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Agent)
+class AgentAdmin(admin.ModelAdmin):
+    list_display = (
+        "display_name",
+        "id",
+        "approval",
+        "status",
+        "active_count",
+        "capacity",
+        "languages",
+        "skills",
+        "average_rating",
+        "acceptance_rate",
+    )
+    list_filter = ("approval", "status")
+    search_fields = ("display_name", "id", "user__username", "user__email")
+    readonly_fields = (
+        "id",
+        "approval",
+        "status",
+        "status_changed_at",
+        "active_count",
+        "idle_since",
+        "offers_received",
+        "offers_accepted",
+        "offers_declined",
+        "offers_missed",
+        "consecutive_misses",
+        "resolved_count",
+        "unresolved_count",
+        "rating_count",
+        "rating_sum",
+        "created_at",
+    )
+    raw_id_fields = ("user",)
+    actions = ("approve", "suspend")
+
+    @admin.action(description="Approve selected agents")
+    def approve(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        for agent in queryset:
+            services.agent_set_approval(
+                agent_id=agent.pk, approval=Agent.Approval.APPROVED, actor=f"admin:{request.user}"
+            )
+        self.message_user(request, f"Approved {queryset.count()} agent(s).", messages.SUCCESS)
+
+    @admin.action(description="Suspend selected agents (takes them offline)")
+    def suspend(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        for agent in queryset:
+            services.agent_set_approval(
+                agent_id=agent.pk, approval=Agent.Approval.SUSPENDED, actor=f"admin:{request.user}"
+            )
+        self.message_user(request, f"Suspended {queryset.count()} agent(s).", messages.WARNING)
+
+
+@admin.register(BotIntegration)
+class BotIntegrationAdmin(admin.ModelAdmin):
+    list_display = ("name", "id", "callback_url", "active", "rate_limit_per_minute", "created_at")
+    list_filter = ("active",)
+    search_fields = ("name", "id", "callback_url")
+    readonly_fields = ("id", "secret", "created_at")
+    actions = ("rotate_secret",)
+
+    @admin.action(description="Rotate the signing secret")
+    def rotate_secret(self, request: HttpRequest, queryset: QuerySet[BotIntegration]) -> None:
+        for integration in queryset:
+            services.integration_rotate_secret(integration_id=integration.pk)
+        self.message_user(request, "New secrets set; share them with the bots.", messages.WARNING)
+
+
+class MessageInline(ReadOnlyInline):
+    model = Message
+    fields = ("created_at", "role", "text", "agent", "external_id", "client_id")
+
+
+class ConversationEventInline(ReadOnlyInline):
+    model = ConversationEvent
+    fields = ("created_at", "kind", "from_status", "to_status", "actor", "data")
+
+
+class CallbackEventInline(ReadOnlyInline):
+    model = CallbackEvent
+    fields = ("seq", "type", "state", "attempts", "next_attempt_at", "delivered_at", "last_error")
+    show_change_link = True
+
+
+@admin.register(Conversation)
+class ConversationAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "integration",
+        "external_id",
+        "status",
+        "priority",
+        "language",
+        "topic",
+        "assigned_agent",
+        "created_at",
+    )
+    list_filter = ("status", "priority", "language", "integration")
+    search_fields = ("id", "external_id", "summary", "assigned_agent__display_name")
+    date_hierarchy = "created_at"
+    list_select_related = ("integration", "assigned_agent")
+    inlines = (MessageInline, ConversationEventInline, CallbackEventInline)
+    actions = ("cancel",)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [f.name for f in Conversation._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Cancel selected conversations")
+    def cancel(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:
+        done = 0
+        for conversation in queryset:
+            try:
+                services.conversation_cancel(
+                    conversation_id=conversation.pk, actor=f"admin:{request.user}", reason="admin"
+                )
+                done += 1
+            except services.ConversationClosed:
+                self.message_user(request, f"{conversation.pk} is already closed.", messages.WARNING)
+        self.message_user(request, f"Cancelled {done} conversation(s).", messages.SUCCESS)
+
+
+@admin.register(Message)
+class MessageAdmin(ReadOnlyAdmin):
+    list_display = ("id", "conversation", "role", "text", "created_at")
+    list_filter = ("role",)
+    search_fields = ("id", "conversation__id", "text", "external_id", "client_id")
+
+
+@admin.register(ConversationEvent)
+class ConversationEventAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "conversation", "kind", "from_status", "to_status", "actor")
+    list_filter = ("kind",)
+    search_fields = ("conversation__id", "actor")
+
+
+class CallbackAttemptInline(ReadOnlyInline):
+    model = CallbackAttempt
+    fields = ("number", "started_at", "duration_ms", "status_code", "ok", "error")
+
+
+@admin.register(CallbackEvent)
+class CallbackEventAdmin(ReadOnlyAdmin):
+    list_display = ("id", "type", "conversation", "seq", "state", "attempts", "next_attempt_at", "delivered_at")
+    list_filter = ("state", "type", "integration")
+    search_fields = ("id", "conversation__id", "conversation__external_id")
+    inlines = (CallbackAttemptInline,)
+    actions = ("retry",)
+
+    @admin.action(description="Retry delivery (dead-lettered events get fresh attempts)")
+    def retry(self, request: HttpRequest, queryset: QuerySet[CallbackEvent]) -> None:
+        for event in queryset:
+            callbacks.callback_retry(event_id=event.pk)
+        self.message_user(request, "Delivery restarted.", messages.SUCCESS)
+
+
+@admin.register(CallbackAttempt)
+class CallbackAttemptAdmin(ReadOnlyAdmin):
+    list_display = ("event", "number", "started_at", "duration_ms", "status_code", "ok")
+    list_filter = ("ok",)
+    search_fields = ("event__id",)

@@ -1,0 +1,135 @@
+"""The AI bot's API (../shared/API.md section 2): thin views over the services."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.exceptions import NotFound
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from . import selectors, services
+from .bot_auth import BotRateThrottle, BotSignatureAuthentication, IsBotIntegration
+from .models import BotIntegration, Conversation
+from .serializers import (
+    ConversationOutputSerializer,
+    EscalationInputSerializer,
+    MessageInputSerializer,
+    MessageOutputSerializer,
+    RatingInputSerializer,
+)
+
+_ERRORS = {
+    400: OpenApiResponse(description="Malformed JSON or an invalid field (named in `error.field`)"),
+    401: OpenApiResponse(description="Missing or wrong signature, unknown integration, or a timestamp outside 300 s"),
+    404: OpenApiResponse(description="No such conversation for this integration"),
+    413: OpenApiResponse(description="Body larger than BOT_MAX_BODY_BYTES"),
+    429: OpenApiResponse(description="Rate limit; see the Retry-After header"),
+}
+
+
+class BotApi(APIView):
+    authentication_classes = [BotSignatureAuthentication]
+    permission_classes = [IsBotIntegration]
+    throttle_classes = [BotRateThrottle]
+
+    def integration(self) -> BotIntegration:
+        return cast(BotIntegration, self.request.auth)  # IsBotIntegration checked it
+
+    def actor(self) -> str:
+        return f"bot:{self.integration().pk}"
+
+    def conversation(self, conversation_id: str) -> Conversation:
+        conversation = selectors.conversation_for_integration(
+            integration=self.integration(), conversation_id=conversation_id
+        )
+        if conversation is None:
+            raise NotFound("No conversation with this id.")
+        return conversation
+
+    @staticmethod
+    def render(conversation: Conversation, code: int = status.HTTP_200_OK) -> Response:
+        return Response(ConversationOutputSerializer(conversation).data, status=code)
+
+
+class EscalationCreateApi(BotApi):
+    @extend_schema(
+        operation_id="escalation_create",
+        request=EscalationInputSerializer,
+        responses={201: ConversationOutputSerializer, 200: ConversationOutputSerializer, **_ERRORS},
+        description="Hand a conversation to a human. The same external_id again answers 200 with that conversation.",
+    )
+    def post(self, request: Request) -> Response:
+        serializer = EscalationInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        conversation, created = services.conversation_escalate(
+            integration=self.integration(), data=services.EscalationInput(**serializer.validated_data)
+        )
+        return self.render(conversation, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class EscalationDetailApi(BotApi):
+    @extend_schema(operation_id="escalation_retrieve", responses={200: ConversationOutputSerializer, **_ERRORS})
+    def get(self, request: Request, conversation_id: str) -> Response:
+        return self.render(self.conversation(conversation_id))
+
+
+class EscalationMessageApi(BotApi):
+    @extend_schema(
+        operation_id="escalation_message_create",
+        request=MessageInputSerializer,
+        responses={
+            201: MessageOutputSerializer,
+            200: MessageOutputSerializer,
+            409: OpenApiResponse(description="Closed"),
+            **_ERRORS,
+        },
+        description="A customer's message. Idempotent on external_message_id (200 with the stored message).",
+    )
+    def post(self, request: Request, conversation_id: str) -> Response:
+        conversation = self.conversation(conversation_id)
+        serializer = MessageInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        message, created = services.conversation_add_customer_message(
+            conversation=conversation,
+            text=serializer.validated_data["text"],
+            external_message_id=serializer.validated_data.get("external_message_id"),
+        )
+        return Response(
+            MessageOutputSerializer(message).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
+
+
+class EscalationCancelApi(BotApi):
+    @extend_schema(
+        operation_id="escalation_cancel",
+        request=None,
+        responses={200: ConversationOutputSerializer, 409: OpenApiResponse(description="Already resolved"), **_ERRORS},
+        description="The customer left. Any offer is withdrawn. Cancelling twice is harmless.",
+    )
+    def post(self, request: Request, conversation_id: str) -> Response:
+        conversation = self.conversation(conversation_id)
+        return self.render(services.conversation_cancel(conversation_id=conversation.pk, actor=self.actor()))
+
+
+class EscalationRatingApi(BotApi):
+    @extend_schema(
+        operation_id="escalation_rating_create",
+        request=RatingInputSerializer,
+        responses={
+            201: ConversationOutputSerializer,
+            409: OpenApiResponse(description="Not resolved yet, or already rated"),
+            **_ERRORS,
+        },
+    )
+    def post(self, request: Request, conversation_id: str) -> Response:
+        conversation = self.conversation(conversation_id)
+        serializer = RatingInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        rated = services.conversation_rate(
+            conversation_id=conversation.pk, actor=self.actor(), **serializer.validated_data
+        )
+        return self.render(rated, status.HTTP_201_CREATED)

@@ -1,0 +1,54 @@
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandParser
+
+from marketplace import services
+from marketplace.models import Agent, BotIntegration
+
+from ._output import print_json
+
+DEMO_PASSWORD = "demo-pass-123"  # noqa: S105 - demo accounts only
+DEMO_AGENTS = [
+    services.AgentInput("alice", DEMO_PASSWORD, ["en", "sv"], ["billing", "refunds"], 2, "Alice"),
+    services.AgentInput("bob", DEMO_PASSWORD, ["en"], ["billing", "technical"], 1, "Bob"),
+    services.AgentInput("carmen", DEMO_PASSWORD, ["es", "en"], ["refunds", "technical"], 3, "Carmen"),
+]
+
+
+class Command(BaseCommand):
+    help = "Idempotent demo data: an admin (with DEBUG), a demo bot integration and a few agents."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--base-url", default="http://127.0.0.1:8000", help="where this server answers")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        created: list[str] = []
+        result: dict[str, Any] = {}
+        if settings.DEBUG:
+            user_model = get_user_model()
+            if not user_model.objects.filter(username="admin").exists():
+                user_model.objects.create_superuser("admin", "admin@example.com", "admin")
+                created.append("admin")
+            result["admin"] = {"username": "admin", "password": "admin"}
+        callback_url = options["base_url"].rstrip("/") + "/demo/bot/callbacks"
+        integration = BotIntegration.objects.filter(name="Demo bot").first()
+        if integration is None:
+            integration = BotIntegration.objects.create(name="Demo bot", callback_url=callback_url)
+            created.append(f"integration {integration.id}")
+        result["integration"] = {
+            "id": integration.id,
+            "secret": integration.secret,
+            "callback_url": integration.callback_url,
+        }
+        agents = []
+        for spec in DEMO_AGENTS:
+            if not Agent.objects.filter(user__username=spec.username).exists():
+                services.agent_upsert(data=spec)
+                created.append(f"agent {spec.username}")
+            agent = Agent.objects.get(user__username=spec.username)
+            agents.append({"id": agent.id, "username": spec.username, "password": DEMO_PASSWORD})
+        result["agents"] = agents
+        result["created"] = created
+        print_json(self, result)

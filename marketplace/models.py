@@ -1,0 +1,302 @@
+"""Agents, bot integrations, conversations, messages and the callbacks to bots.
+
+States change only through marketplace.services (and dispatch.services); no
+view or admin assigns a state field directly.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def new_agent_id() -> str:
+    return _new_id("agt")
+
+
+def new_integration_id() -> str:
+    return _new_id("bot")
+
+
+def new_integration_secret() -> str:
+    return "bsec_" + secrets.token_urlsafe(32)
+
+
+def new_conversation_id() -> str:
+    return _new_id("conv")
+
+
+def new_message_id() -> str:
+    return _new_id("msg")
+
+
+def new_event_id() -> str:
+    return _new_id("evt")
+
+
+class Agent(models.Model):
+    class Approval(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        SUSPENDED = "suspended"
+
+    class Status(models.TextChoices):
+        OFFLINE = "offline"
+        ONLINE = "online"
+        AWAY = "away"
+
+    id = models.CharField(primary_key=True, max_length=32, default=new_agent_id, editable=False)
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agent")
+    display_name = models.CharField(max_length=80)
+    languages = models.JSONField(default=list, help_text='ISO 639-1 codes, lowercase, e.g. ["en", "sv"]')
+    skills = models.JSONField(default=list, help_text='Topics the agent handles, e.g. ["billing", "refunds"]')
+    capacity = models.PositiveSmallIntegerField(default=1, help_text="Conversations at once")
+    approval = models.CharField(max_length=16, choices=Approval.choices, default=Approval.PENDING)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OFFLINE)
+    status_changed_at = models.DateTimeField(null=True, blank=True)
+    # Conversations assigned and not yet closed; kept with conditional updates so
+    # that capacity holds under concurrency.
+    active_count = models.PositiveSmallIntegerField(default=0)
+    # Fairness: when the agent last had nothing to do.
+    idle_since = models.DateTimeField(null=True, blank=True)
+    # Quality and reliability figures (counters, updated with F() expressions).
+    offers_received = models.PositiveIntegerField(default=0)
+    offers_accepted = models.PositiveIntegerField(default=0)
+    offers_declined = models.PositiveIntegerField(default=0)
+    offers_missed = models.PositiveIntegerField(default=0)
+    consecutive_misses = models.PositiveSmallIntegerField(default=0)
+    resolved_count = models.PositiveIntegerField(default=0)
+    unresolved_count = models.PositiveIntegerField(default=0)
+    rating_count = models.PositiveIntegerField(default=0)
+    rating_sum = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(capacity__gte=1) & Q(capacity__lte=20), name="agent_capacity_1_20"),
+        ]
+        indexes = [models.Index(fields=["status", "approval"])]
+
+    def __str__(self) -> str:
+        return f"{self.display_name} ({self.id})"
+
+    @property
+    def average_rating(self) -> float | None:
+        return round(self.rating_sum / self.rating_count, 2) if self.rating_count else None
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return round(self.offers_accepted / self.offers_received, 3) if self.offers_received else None
+
+    @property
+    def resolution_rate(self) -> float | None:
+        closed = self.resolved_count + self.unresolved_count
+        return round(self.resolved_count / closed, 3) if closed else None
+
+
+class BotIntegration(models.Model):
+    id = models.CharField(primary_key=True, max_length=32, default=new_integration_id, editable=False)
+    name = models.CharField(max_length=120)
+    secret = models.CharField(max_length=80, default=new_integration_secret)
+    callback_url = models.URLField(max_length=500)
+    active = models.BooleanField(default=True)
+    rate_limit_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests per minute; empty means the platform default."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.id})"
+
+
+class Conversation(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        OFFERED = "offered"
+        ASSIGNED = "assigned"
+        RESOLVED = "resolved"
+        CANCELLED = "cancelled"
+        ABANDONED = "abandoned"
+
+    class Priority(models.TextChoices):
+        LOW = "low"
+        NORMAL = "normal"
+        HIGH = "high"
+        URGENT = "urgent"
+
+    class Outcome(models.TextChoices):
+        RESOLVED = "resolved"
+        UNRESOLVED = "unresolved"
+
+    WAITING = (Status.QUEUED, Status.OFFERED)
+    CLOSED = (Status.RESOLVED, Status.CANCELLED, Status.ABANDONED)
+
+    id = models.CharField(primary_key=True, max_length=32, default=new_conversation_id, editable=False)
+    integration = models.ForeignKey(BotIntegration, on_delete=models.PROTECT, related_name="conversations")
+    external_id = models.CharField(max_length=200)
+    language = models.CharField(max_length=16, blank=True)
+    topic = models.CharField(max_length=64, blank=True)
+    priority = models.CharField(max_length=8, choices=Priority.choices, default=Priority.NORMAL)
+    reason = models.CharField(max_length=64, blank=True)
+    customer = models.JSONField(default=dict, blank=True)
+    summary = models.TextField(blank=True)
+    transcript = models.JSONField(default=list, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    # Dispatch order: arrival time minus the priority's head start (see settings).
+    queue_key = models.DateTimeField(db_index=True)
+    assigned_agent = models.ForeignKey(
+        Agent, null=True, blank=True, on_delete=models.PROTECT, related_name="conversations"
+    )
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, blank=True)
+    resolution_note = models.TextField(blank=True)
+    rating_score = models.PositiveSmallIntegerField(null=True, blank=True)
+    rating_comment = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    offered_at = models.DateTimeField(null=True, blank=True)
+    assigned_at = models.DateTimeField(null=True, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+    abandoned_at = models.DateTimeField(null=True, blank=True)
+    rated_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["integration", "external_id"], name="conversation_external_id_unique"),
+            models.CheckConstraint(
+                condition=Q(rating_score__isnull=True) | (Q(rating_score__gte=1) & Q(rating_score__lte=5)),
+                name="conversation_rating_1_5",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="assigned") | Q(assigned_agent__isnull=False),
+                name="conversation_assigned_has_agent",
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "queue_key"]), models.Index(fields=["status", "resolved_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"
+
+    @property
+    def is_waiting(self) -> bool:
+        return self.status in self.WAITING
+
+    @property
+    def is_closed(self) -> bool:
+        return self.status in self.CLOSED
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        CUSTOMER = "customer"
+        BOT = "bot"
+        AGENT = "agent"
+        SYSTEM = "system"
+
+    id = models.CharField(primary_key=True, max_length=32, default=new_message_id, editable=False)
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    text = models.TextField()
+    agent = models.ForeignKey(Agent, null=True, blank=True, on_delete=models.PROTECT, related_name="messages")
+    # Dedupe keys: the bot's id for a customer message, the app's for an agent's.
+    external_id = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 - NULL: no key
+    client_id = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 - NULL: no key
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["conversation", "external_id"],
+                condition=Q(external_id__isnull=False),
+                name="message_external_id_unique",
+            ),
+            models.UniqueConstraint(
+                fields=["conversation", "client_id"],
+                condition=Q(client_id__isnull=False),
+                name="message_client_id_unique",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.text[:40]}"
+
+
+class ConversationEvent(models.Model):
+    """Append-only log of what happened to a conversation. Never edited."""
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=40)
+    from_status = models.CharField(max_length=16, blank=True)
+    to_status = models.CharField(max_length=16, blank=True)
+    actor = models.CharField(max_length=80, help_text="bot:<id>, agent:<id>, admin:<username> or system")
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.conversation_id} {self.kind}"
+
+
+class CallbackEvent(models.Model):
+    """An event for a bot's callback URL: a transactional outbox row.
+
+    Written in the same transaction as the change it reports, delivered after
+    commit in `seq` order per conversation, retried with backoff, and parked in
+    DEAD after settings.CALLBACK_MAX_ATTEMPTS tries.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        DEAD = "dead"
+
+    id = models.CharField(primary_key=True, max_length=32, default=new_event_id, editable=False)
+    integration = models.ForeignKey(BotIntegration, on_delete=models.CASCADE, related_name="callback_events")
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="callback_events")
+    seq = models.PositiveIntegerField()
+    type = models.CharField(max_length=40)
+    payload = models.JSONField()
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField()
+    lease_until = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["conversation", "seq"], name="callback_event_seq_unique")]
+        indexes = [
+            models.Index(fields=["state", "next_attempt_at"]),
+            models.Index(fields=["conversation", "state", "seq"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.type} ({self.state})"
+
+
+class CallbackAttempt(models.Model):
+    event = models.ForeignKey(CallbackEvent, on_delete=models.CASCADE, related_name="attempt_log")
+    number = models.PositiveSmallIntegerField()
+    started_at = models.DateTimeField()
+    duration_ms = models.PositiveIntegerField()
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    ok = models.BooleanField()
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["event", "number"]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} #{self.number} {'ok' if self.ok else 'failed'}"

@@ -1,0 +1,130 @@
+"""Reads: conversations for an integration, queue position and the wait estimate.
+
+How the wait estimate is made (also in docs/ESTIMATES.md):
+
+* The pool is the approved agents online now who speak the conversation's
+  language (any language when it has none). `slots` is their total capacity,
+  `free` the slots not taken by an active conversation.
+* The handle time is the mean time from assignment to resolution over the last
+  HANDLE_TIME_SAMPLE resolved conversations of the last day (DEFAULT_HANDLE_SECONDS
+  until there is any history); the answer time likewise, from the last offer
+  to its acceptance (DEFAULT_ANSWER_SECONDS until there is any history).
+* Position p (1 = next) among the waiting conversations of the same language,
+  in dispatch order. If p <= free, the wait is the answer time; otherwise the
+  (p - free) conversations ahead of it must wait for a slot to free up, and slots
+  free at slots / handle_time per second: wait = answer + (p - free) * handle / slots.
+* With nobody in the pool the estimate is null with basis `no_agents_online`:
+  we say so rather than invent a number.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db.models import Avg, DurationField, ExpressionWrapper, F, Q, QuerySet
+from django.utils import timezone
+
+from .models import Agent, BotIntegration, Conversation
+
+
+def conversation_for_integration(*, integration: BotIntegration, conversation_id: str) -> Conversation | None:
+    return (
+        Conversation.objects.select_related("assigned_agent")
+        .filter(integration=integration, pk=conversation_id)
+        .first()
+    )
+
+
+def waiting_conversations() -> QuerySet[Conversation]:
+    """Waiting conversations in dispatch order."""
+    return Conversation.objects.filter(status__in=Conversation.WAITING).order_by("queue_key", "id")
+
+
+def queue_position(conversation: Conversation) -> int | None:
+    """1 = next in line among waiting conversations that need the same language."""
+    if not conversation.is_waiting:
+        return None
+    ahead = waiting_conversations().filter(
+        Q(queue_key__lt=conversation.queue_key) | Q(queue_key=conversation.queue_key, id__lt=conversation.id)
+    )
+    if conversation.language:
+        ahead = ahead.filter(language__in=[conversation.language, ""])
+    return ahead.count() + 1
+
+
+@dataclass(frozen=True)
+class PoolCapacity:
+    agents: int
+    slots: int
+    free: int
+
+
+def pool_capacity(language: str) -> PoolCapacity:
+    """Online approved agents who speak `language` (any, when blank)."""
+    rows = Agent.objects.filter(status=Agent.Status.ONLINE, approval=Agent.Approval.APPROVED).values_list(
+        "languages", "capacity", "active_count"
+    )
+    agents = slots = free = 0
+    for languages, capacity, active in rows:
+        if language and language not in (languages or []):
+            continue
+        agents += 1
+        slots += capacity
+        free += max(capacity - active, 0)
+    return PoolCapacity(agents=agents, slots=slots, free=free)
+
+
+def _mean_seconds(start: str, end: str, queryset: QuerySet[Conversation], default: float) -> float:
+    cache_key = f"mean-seconds.{start}.{end}"
+    cached = cache.get(cache_key)
+    if cached is not None:
+        return float(cached)
+    since = timezone.now() - timedelta(days=1)
+    recent = queryset.filter(**{f"{end}__gte": since, f"{start}__isnull": False}).order_by(f"-{end}")
+    sample = recent.values_list("pk", flat=True)[: settings.HANDLE_TIME_SAMPLE]
+    mean = (
+        Conversation.objects.filter(pk__in=list(sample))
+        .annotate(span=ExpressionWrapper(F(end) - F(start), output_field=DurationField()))
+        .aggregate(mean=Avg("span"))["mean"]
+    )
+    value = mean.total_seconds() if mean is not None else default
+    cache.set(cache_key, value, timeout=10)
+    return value
+
+
+def handle_seconds() -> float:
+    return _mean_seconds(
+        "assigned_at",
+        "resolved_at",
+        Conversation.objects.filter(status=Conversation.Status.RESOLVED),
+        settings.DEFAULT_HANDLE_SECONDS,
+    )
+
+
+def answer_seconds() -> float:
+    return _mean_seconds("offered_at", "assigned_at", Conversation.objects.all(), settings.DEFAULT_ANSWER_SECONDS)
+
+
+@dataclass(frozen=True)
+class WaitEstimate:
+    queue_position: int | None
+    seconds: int | None
+    basis: str | None
+
+
+def wait_estimate(conversation: Conversation) -> WaitEstimate:
+    position = queue_position(conversation)
+    if position is None:
+        return WaitEstimate(None, None, None)
+    pool = pool_capacity(conversation.language)
+    if pool.slots == 0:
+        return WaitEstimate(position, None, "no_agents_online")
+    answer = answer_seconds()
+    if position <= pool.free:
+        return WaitEstimate(position, math.ceil(answer), "free_capacity")
+    ahead = position - pool.free
+    return WaitEstimate(position, math.ceil(answer + ahead * handle_seconds() / pool.slots), "handle_time")

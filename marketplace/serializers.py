@@ -1,0 +1,103 @@
+"""Input and output shapes of the bot API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from . import selectors
+from .models import Conversation, Message
+
+
+class CustomerSerializer(serializers.Serializer):
+    id = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    name = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    locale = serializers.CharField(max_length=35, required=False, allow_blank=True)
+    email = serializers.EmailField(required=False, allow_blank=True)
+
+
+class TranscriptEntrySerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["customer", "bot", "agent", "system"])
+    text = serializers.CharField(max_length=20_000, allow_blank=True, trim_whitespace=False)
+    at = serializers.DateTimeField(required=False)
+
+
+class EscalationInputSerializer(serializers.Serializer):
+    external_id = serializers.CharField(max_length=200)
+    language = serializers.RegexField(
+        r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$", max_length=16, required=False, allow_blank=True
+    )
+    topic = serializers.CharField(max_length=64, required=False, allow_blank=True)
+    priority = serializers.ChoiceField(choices=Conversation.Priority.choices, default=Conversation.Priority.NORMAL)
+    reason = serializers.CharField(max_length=64, required=False, allow_blank=True)
+    customer = CustomerSerializer(required=False)
+    summary = serializers.CharField(max_length=5_000, required=False, allow_blank=True)
+    transcript = TranscriptEntrySerializer(many=True, required=False, max_length=1_000)
+
+
+class MessageInputSerializer(serializers.Serializer):
+    text = serializers.CharField(max_length=20_000, trim_whitespace=False)
+    external_message_id = serializers.CharField(max_length=200, required=False, allow_blank=False)
+
+
+class RatingInputSerializer(serializers.Serializer):
+    score = serializers.IntegerField(min_value=1, max_value=5)
+    comment = serializers.CharField(max_length=5_000, required=False, allow_blank=True, default="")
+
+
+class AgentPublicSerializer(serializers.Serializer):
+    display_name = serializers.CharField()
+
+
+class ConversationOutputSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    external_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=Conversation.Status.choices)
+    queue_position = serializers.IntegerField(allow_null=True, help_text="1 = next; null once no longer waiting")
+    estimated_wait_seconds = serializers.IntegerField(
+        allow_null=True, help_text="null when no estimate can be made honestly (see wait_estimate_basis)"
+    )
+    wait_estimate_basis = serializers.ChoiceField(
+        choices=["free_capacity", "handle_time", "no_agents_online"], allow_null=True
+    )
+    agent = AgentPublicSerializer(allow_null=True)
+    language = serializers.CharField()
+    topic = serializers.CharField()
+    priority = serializers.CharField()
+    outcome = serializers.CharField(allow_null=True)
+    rating = serializers.DictField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+    def to_representation(self, instance: Conversation) -> dict[str, Any]:
+        estimate = selectors.wait_estimate(instance)
+        agent = instance.assigned_agent
+        return super().to_representation(
+            {
+                "id": instance.id,
+                "external_id": instance.external_id,
+                "status": instance.status,
+                "queue_position": estimate.queue_position,
+                "estimated_wait_seconds": estimate.seconds,
+                "wait_estimate_basis": estimate.basis,
+                "agent": {"display_name": agent.display_name} if agent else None,
+                "language": instance.language,
+                "topic": instance.topic,
+                "priority": instance.priority,
+                "outcome": instance.outcome or None,
+                "rating": {"score": instance.rating_score, "comment": instance.rating_comment}
+                if instance.rating_score is not None
+                else None,
+                "created_at": instance.created_at,
+                "updated_at": instance.updated_at,
+            }
+        )
+
+
+class MessageOutputSerializer(serializers.ModelSerializer):
+    external_message_id = serializers.CharField(source="external_id", allow_null=True)
+
+    class Meta:
+        model = Message
+        fields = ["id", "conversation", "role", "text", "external_message_id", "created_at"]

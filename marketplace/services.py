@@ -1,0 +1,323 @@
+"""Every write to conversations and their messages, one function per verb.
+
+Lock order, everywhere: Conversation, then Offer, then Agent. Side effects
+(callbacks to the bot, messages to agents, background jobs) are sent only after
+the transaction commits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from config.errors import Conflict
+from dispatch import events as agent_events
+
+from . import callbacks, selectors
+from .models import Agent, BotIntegration, Conversation, ConversationEvent, Message, new_integration_secret
+
+
+class ConversationClosed(Conflict):
+    default_code = "conversation_closed"
+    default_detail = "The conversation is closed."
+
+
+class NotResolved(Conflict):
+    default_code = "not_resolved"
+    default_detail = "The conversation has not been resolved yet."
+
+
+class AlreadyRated(Conflict):
+    default_code = "already_rated"
+    default_detail = "The conversation has already been rated."
+
+
+_TIMESTAMP_FIELD = {
+    Conversation.Status.QUEUED: "queued_at",
+    Conversation.Status.OFFERED: "offered_at",
+    Conversation.Status.ASSIGNED: "assigned_at",
+    Conversation.Status.RESOLVED: "resolved_at",
+    Conversation.Status.CANCELLED: "cancelled_at",
+    Conversation.Status.ABANDONED: "abandoned_at",
+}
+
+
+def queue_key_for(priority: str, entered_at: Any) -> Any:
+    return entered_at - timedelta(seconds=settings.QUEUE_PRIORITY_HEAD_START_SECONDS[priority])
+
+
+def conversation_log(
+    *, conversation: Conversation, kind: str, actor: str, data: dict[str, Any] | None = None, from_status: str = ""
+) -> ConversationEvent:
+    """Append to the conversation's event log (never edited afterwards)."""
+    return ConversationEvent.objects.create(
+        conversation=conversation,
+        kind=kind,
+        from_status=from_status,
+        to_status=conversation.status if from_status else "",
+        actor=actor,
+        data=data or {},
+    )
+
+
+def conversation_transition(
+    *,
+    conversation: Conversation,
+    to: str,
+    actor: str,
+    data: dict[str, Any] | None = None,
+    extra_fields: tuple[str, ...] = (),
+) -> None:
+    """Set a new status on a row the caller has locked, stamp it and log it."""
+    previous = conversation.status
+    now = timezone.now()
+    conversation.status = to
+    setattr(conversation, _TIMESTAMP_FIELD[Conversation.Status(to)], now)
+    conversation.save(update_fields=["status", _TIMESTAMP_FIELD[Conversation.Status(to)], "updated_at", *extra_fields])
+    conversation_log(conversation=conversation, kind=f"status.{to}", actor=actor, data=data, from_status=previous)
+
+
+def queued_event_data(conversation: Conversation) -> dict[str, Any]:
+    estimate = selectors.wait_estimate(conversation)
+    return {
+        "status": conversation.status,
+        "queue_position": estimate.queue_position,
+        "estimated_wait_seconds": estimate.seconds,
+        "wait_estimate_basis": estimate.basis,
+    }
+
+
+@dataclass(frozen=True)
+class EscalationInput:
+    external_id: str
+    language: str = ""
+    topic: str = ""
+    priority: str = Conversation.Priority.NORMAL
+    reason: str = ""
+    customer: dict[str, Any] | None = None
+    summary: str = ""
+    transcript: list[dict[str, Any]] | None = None
+
+
+def conversation_escalate(*, integration: BotIntegration, data: EscalationInput) -> tuple[Conversation, bool]:
+    """Create the conversation, or return the existing one for this external_id.
+
+    Idempotent even when the same escalation arrives twice at the same moment:
+    the unique constraint on (integration, external_id) lets one insert win and
+    the other return the winner's row.
+    """
+    existing = Conversation.objects.filter(integration=integration, external_id=data.external_id).first()
+    if existing is not None:
+        return existing, False
+    try:
+        with transaction.atomic():
+            now = timezone.now()
+            conversation = Conversation.objects.create(
+                integration=integration,
+                external_id=data.external_id,
+                language=data.language.lower(),
+                topic=data.topic.lower(),
+                priority=data.priority,
+                reason=data.reason,
+                customer=data.customer or {},
+                summary=data.summary,
+                transcript=data.transcript or [],
+                status=Conversation.Status.QUEUED,
+                queued_at=now,
+                queue_key=queue_key_for(data.priority, now),
+            )
+            conversation_log(
+                conversation=conversation,
+                kind="status.queued",
+                actor=f"bot:{integration.id}",
+                data={"reason": data.reason},
+                from_status="new",
+            )
+            callbacks.callback_enqueue(
+                conversation=conversation, type="conversation.queued", data=queued_event_data(conversation)
+            )
+    except IntegrityError:
+        return Conversation.objects.get(integration=integration, external_id=data.external_id), False
+    return conversation, True
+
+
+def _locked(conversation_id: str) -> Conversation:
+    return Conversation.objects.select_for_update().get(pk=conversation_id)
+
+
+def conversation_add_customer_message(
+    *, conversation: Conversation, text: str, external_message_id: str | None
+) -> tuple[Message, bool]:
+    """A customer's message from the bot. Idempotent on external_message_id."""
+    if external_message_id:
+        existing = Message.objects.filter(conversation=conversation, external_id=external_message_id).first()
+        if existing is not None:
+            return existing, False
+    try:
+        with transaction.atomic():
+            locked = _locked(conversation.pk)
+            if locked.is_closed:
+                raise ConversationClosed()
+            message = Message.objects.create(
+                conversation=locked, role=Message.Role.CUSTOMER, text=text, external_id=external_message_id or None
+            )
+            if locked.status == Conversation.Status.ASSIGNED and locked.assigned_agent_id:
+                agent_events.send_on_commit(locked.assigned_agent_id, agent_events.message_payload(message))
+    except IntegrityError:
+        return Message.objects.get(conversation=conversation, external_id=external_message_id), False
+    return message, True
+
+
+def agent_release_slot(agent_id: str) -> None:
+    """Free one slot of the agent's capacity (the caller holds the conversation lock)."""
+    now = timezone.now()
+    Agent.objects.filter(pk=agent_id, active_count__gt=0).update(active_count=F("active_count") - 1)
+    Agent.objects.filter(pk=agent_id, active_count=0).update(idle_since=now)
+
+
+@transaction.atomic
+def conversation_cancel(*, conversation_id: str, actor: str, reason: str = "customer_left") -> Conversation:
+    """The customer left: withdraw any offer, free the agent, tell everyone.
+
+    Cancelling a cancelled conversation is a no-op; a resolved or abandoned one
+    cannot be cancelled.
+    """
+    from dispatch import services as dispatch_services  # dispatch builds on this module
+
+    conversation = _locked(conversation_id)
+    if conversation.status == Conversation.Status.CANCELLED:
+        return conversation
+    if conversation.is_closed:
+        raise ConversationClosed()
+    dispatch_services.offers_revoke_for_conversation(conversation=conversation, reason="cancelled")
+    agent_id = conversation.assigned_agent_id if conversation.status == Conversation.Status.ASSIGNED else None
+    conversation_transition(
+        conversation=conversation, to=Conversation.Status.CANCELLED, actor=actor, data={"reason": reason}
+    )
+    if agent_id:
+        agent_release_slot(agent_id)
+        agent_events.send_on_commit(
+            agent_id, {"type": "conversation.closed", "conversation_id": conversation.id, "reason": "cancelled"}
+        )
+    callbacks.callback_enqueue(conversation=conversation, type="conversation.cancelled", data={"reason": reason})
+    return conversation
+
+
+@transaction.atomic
+def conversation_rate(*, conversation_id: str, score: int, comment: str, actor: str) -> Conversation:
+    """The customer's rating, once, after resolution."""
+    conversation = _locked(conversation_id)
+    if conversation.status != Conversation.Status.RESOLVED:
+        raise NotResolved()
+    if conversation.rating_score is not None:
+        raise AlreadyRated()
+    conversation.rating_score = score
+    conversation.rating_comment = comment
+    conversation.rated_at = timezone.now()
+    conversation.save(update_fields=["rating_score", "rating_comment", "rated_at", "updated_at"])
+    if conversation.assigned_agent_id:
+        Agent.objects.filter(pk=conversation.assigned_agent_id).update(
+            rating_count=F("rating_count") + 1, rating_sum=F("rating_sum") + score
+        )
+    conversation_log(conversation=conversation, kind="rated", actor=actor, data={"score": score})
+    return conversation
+
+
+@transaction.atomic
+def agent_set_approval(*, agent_id: str, approval: str, actor: str) -> Agent:
+    """Approve or suspend an agent. A suspended agent is taken offline."""
+    agent = Agent.objects.select_for_update().get(pk=agent_id)
+    agent.approval = approval
+    fields = ["approval"]
+    if approval != Agent.Approval.APPROVED and agent.status != Agent.Status.OFFLINE:
+        agent.status = Agent.Status.OFFLINE
+        agent.status_changed_at = timezone.now()
+        fields += ["status", "status_changed_at"]
+        agent_events.send_on_commit(agent.pk, {"type": "presence", "status": Agent.Status.OFFLINE})
+    agent.save(update_fields=fields)
+    return agent
+
+
+@transaction.atomic
+def integration_rotate_secret(*, integration_id: str) -> BotIntegration:
+    integration = BotIntegration.objects.select_for_update().get(pk=integration_id)
+    integration.secret = new_integration_secret()
+    integration.save(update_fields=["secret"])
+    return integration
+
+
+def _codes(values: list[str]) -> list[str]:
+    return sorted({v.strip().lower() for v in values if v.strip()})
+
+
+@dataclass(frozen=True)
+class AgentInput:
+    username: str
+    password: str
+    languages: list[str]
+    skills: list[str]
+    capacity: int = 1
+    display_name: str = ""
+
+
+@transaction.atomic
+def agent_upsert(*, data: AgentInput, approved: bool = True) -> Agent:
+    """Create an agent able to log in, or update the one with this username."""
+    from django.contrib.auth import get_user_model
+
+    user, _ = get_user_model().objects.get_or_create(username=data.username)
+    user.set_password(data.password)
+    user.save()
+    agent, _ = Agent.objects.update_or_create(
+        user=user,
+        defaults={
+            "display_name": data.display_name or data.username,
+            "languages": _codes(data.languages),
+            "skills": _codes(data.skills),
+            "capacity": data.capacity,
+            **({"approval": Agent.Approval.APPROVED} if approved else {}),
+        },
+    )
+    return agent
+
+
+@transaction.atomic
+def agents_create_bulk(*, prefix: str, count: int, template: AgentInput) -> list[tuple[Agent, str]]:
+    """Create prefix1..prefixN (approved) with API tokens, for demos and load tests.
+
+    The password is hashed once and the hash shared: hashing it N times would
+    take minutes, and these accounts exist to be driven by scripts.
+    """
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.hashers import make_password
+    from rest_framework.authtoken.models import Token
+
+    user_model = get_user_model()
+    usernames = [f"{prefix}{n}" for n in range(1, count + 1)]
+    taken = set(user_model.objects.filter(username__in=usernames).values_list("username", flat=True))
+    if taken:
+        raise ValueError(f"usernames exist already: {', '.join(sorted(taken)[:5])}")
+    password_hash = make_password(template.password)
+    user_model.objects.bulk_create([user_model(username=u, password=password_hash) for u in usernames])
+    users = list(user_model.objects.filter(username__in=usernames).order_by("id"))
+    agents = Agent.objects.bulk_create(
+        [
+            Agent(
+                user=user,
+                display_name=user.username,
+                languages=_codes(template.languages),
+                skills=_codes(template.skills),
+                capacity=template.capacity,
+                approval=Agent.Approval.APPROVED,
+            )
+            for user in users
+        ]
+    )
+    tokens = Token.objects.bulk_create([Token(user=user, key=Token.generate_key()) for user in users])
+    return [(agent, token.key) for agent, token in zip(agents, tokens, strict=True)]
