@@ -50,6 +50,9 @@ def _flatten(errors: Any, prefix: str = "") -> dict[str, str]:
     flat: dict[str, str] = {}
     if isinstance(errors, dict):
         for key, value in errors.items():
+            if isinstance(key, int):  # a list serializer's errors, keyed by index
+                flat.update(_flatten(value, f"{prefix}[{key}]"))
+                continue
             name = str(key) if key != "non_field_errors" else ""
             flat.update(_flatten(value, f"{prefix}.{name}".strip(".") if name else prefix))
     elif isinstance(errors, list):

@@ -38,6 +38,7 @@ class InProcessRunner:
         self._seq = itertools.count()
         self._pool: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
+        self._running = 0
 
     def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], countdown: float = 0) -> None:
         with self._cv:
@@ -46,7 +47,7 @@ class InProcessRunner:
                 self._thread = threading.Thread(target=self._loop, name="job-timer", daemon=True)
                 self._thread.start()
             heapq.heappush(self._heap, (time.monotonic() + max(countdown, 0), next(self._seq), fn, args))
-            self._cv.notify()
+            self._cv.notify_all()
 
     def clear(self) -> None:
         """Forget every job not yet started (used between tests)."""
@@ -57,6 +58,11 @@ class InProcessRunner:
         with self._cv:
             return len(self._heap)
 
+    def wait_idle(self, timeout: float = 10) -> bool:
+        """Wait until no job is running (used between tests); True if idle."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self._running == 0, timeout)
+
     def _loop(self) -> None:
         while True:
             with self._cv:
@@ -64,10 +70,10 @@ class InProcessRunner:
                     timeout = self._heap[0][0] - time.monotonic() if self._heap else None
                     self._cv.wait(timeout)
                 _, _, fn, args = heapq.heappop(self._heap)
+                self._running += 1
             cast(ThreadPoolExecutor, self._pool).submit(self._run, fn, args)
 
-    @staticmethod
-    def _run(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         close_old_connections()
         try:
             fn(*args)
@@ -75,6 +81,9 @@ class InProcessRunner:
             logger.exception("background job %s%r failed", getattr(fn, "__name__", fn), args)
         finally:
             close_old_connections()
+            with self._cv:
+                self._running -= 1
+                self._cv.notify_all()
 
 
 runner = InProcessRunner()

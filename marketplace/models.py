@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 
 from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models import Q
 
@@ -147,7 +148,7 @@ class Conversation(models.Model):
     reason = models.CharField(max_length=64, blank=True)
     customer = models.JSONField(default=dict, blank=True)
     summary = models.TextField(blank=True)
-    transcript = models.JSONField(default=list, blank=True)
+    transcript = models.JSONField(default=list, blank=True, encoder=DjangoJSONEncoder)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     # Dispatch order: arrival time minus the priority's head start (see settings).
     queue_key = models.DateTimeField(db_index=True)
@@ -238,7 +239,7 @@ class ConversationEvent(models.Model):
     from_status = models.CharField(max_length=16, blank=True)
     to_status = models.CharField(max_length=16, blank=True)
     actor = models.CharField(max_length=80, help_text="bot:<id>, agent:<id>, admin:<username> or system")
-    data = models.JSONField(default=dict, blank=True)
+    data = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

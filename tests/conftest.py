@@ -1,0 +1,237 @@
+"""Shared fixtures: factories, a signing bot client, a real HTTP callback receiver.
+
+Under CI=true the suite refuses to run without PostgreSQL and Redis (it exits
+non-zero before the first test) and never skips the tests that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core.cache import cache
+from django.test import Client
+
+from config import jobs
+from marketplace import services, signing
+from marketplace.models import Agent, BotIntegration
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not IN_CI:
+        return
+    problems = []
+    if not settings.IS_POSTGRES:
+        problems.append(
+            f"DATABASE_URL must point at PostgreSQL under CI=true (engine: {settings.DATABASES['default']['ENGINE']})"
+        )
+    else:
+        import psycopg
+
+        db = settings.DATABASES["default"]
+        try:
+            psycopg.connect(
+                host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"], dbname="postgres", connect_timeout=5
+            ).close()
+        except Exception as exc:
+            problems.append(f"PostgreSQL unreachable: {exc}")
+    if not settings.REDIS_URL:
+        problems.append("REDIS_URL must be set under CI=true")
+    else:
+        import redis
+
+        try:
+            redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5).ping()
+        except Exception as exc:
+            problems.append(f"Redis unreachable: {exc}")
+    if problems:
+        pytest.exit("CI=true but the real services are missing:\n  " + "\n  ".join(problems), returncode=3)
+
+
+@pytest.fixture(autouse=True)
+def _services_for_marked_tests(request: pytest.FixtureRequest) -> None:
+    """postgres/redis tests skip on a laptop without them, and fail in CI."""
+    needs = []
+    if request.node.get_closest_marker("postgres") and not settings.IS_POSTGRES:
+        needs.append("PostgreSQL (set DATABASE_URL=postgres://...)")
+    if request.node.get_closest_marker("redis") and not settings.REDIS_URL:
+        needs.append("Redis (set REDIS_URL=redis://...)")
+    if needs:
+        (pytest.fail if IN_CI else pytest.skip)("needs " + " and ".join(needs))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_runtime(settings: Any) -> Iterator[None]:
+    """Background jobs run in this process; nothing leaks from one test to the next."""
+    settings.TASK_RUNNER = "thread"
+    cache.clear()
+    jobs.runner.clear()
+    yield
+    jobs.runner.clear()
+    assert jobs.runner.wait_idle(timeout=30), "a background job is still running after the test"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll until predicate() is truthy; fail with a clear message otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+@pytest.fixture
+def make_integration(db: None) -> Callable[..., BotIntegration]:
+    counter = iter(range(1, 10_000))
+
+    def make(**kwargs: Any) -> BotIntegration:
+        n = next(counter)
+        defaults: dict[str, Any] = {"name": f"bot-{n}", "callback_url": "http://127.0.0.1:9/callbacks"}
+        return BotIntegration.objects.create(**{**defaults, **kwargs})
+
+    return make
+
+
+@pytest.fixture
+def integration(make_integration: Callable[..., BotIntegration]) -> BotIntegration:
+    return make_integration()
+
+
+@pytest.fixture
+def make_agent(db: None) -> Callable[..., Agent]:
+    counter = iter(range(1, 10_000))
+
+    def make(
+        *,
+        languages: tuple[str, ...] = ("en",),
+        skills: tuple[str, ...] = ("billing",),
+        capacity: int = 1,
+        online: bool = True,
+        username: str | None = None,
+    ) -> Agent:
+        agent = services.agent_upsert(
+            data=services.AgentInput(
+                username=username or f"agent{next(counter)}",
+                password="test-pass-123",
+                languages=list(languages),
+                skills=list(skills),
+                capacity=capacity,
+            )
+        )
+        if online:  # given: an agent already online
+            Agent.objects.filter(pk=agent.pk).update(status=Agent.Status.ONLINE)
+            agent.refresh_from_db()
+        return agent
+
+    return make
+
+
+class BotClient:
+    """Sends requests the way an AI bot does: raw JSON body, signed."""
+
+    def __init__(self, integration: BotIntegration, client: Client | None = None) -> None:
+        self.integration = integration
+        self.client = client or Client()
+
+    def headers(self, body: bytes, *, secret: str | None = None, timestamp: int | None = None) -> dict[str, str]:
+        return {
+            "X-Bot-Id": self.integration.id,
+            "X-Bot-Signature": signing.header(secret or self.integration.secret, body, timestamp),
+        }
+
+    def post(self, path: str, data: Any = None, *, raw: bytes | None = None, **sign: Any) -> Any:
+        body = raw if raw is not None else json.dumps(data if data is not None else {}).encode()
+        return self.client.generic(
+            "POST", path, body, content_type="application/json", headers=self.headers(body, **sign)
+        )
+
+    def get(self, path: str, **sign: Any) -> Any:
+        return self.client.get(path, headers=self.headers(b"", **sign))
+
+    def escalate(self, external_id: str = "conv-1", **fields: Any) -> Any:
+        return self.post("/api/v1/escalations", {"external_id": external_id, **fields})
+
+
+@pytest.fixture
+def bot(integration: BotIntegration) -> BotClient:
+    return BotClient(integration)
+
+
+@dataclass
+class ReceivedCallback:
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> dict[str, Any]:
+        return json.loads(self.body)
+
+
+@dataclass
+class CallbackReceiver:
+    """A real HTTP server standing in for a bot's callback endpoint.
+
+    `script` is consumed one entry per request: an int status, or ("sleep", s)
+    to hang past the client's timeout. When it runs out, `default` answers.
+    """
+
+    url: str = ""
+    received: list[ReceivedCallback] = field(default_factory=list)
+    script: list[Any] = field(default_factory=list)
+    default: int = 200
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def next_action(self) -> Any:
+        with self.lock:
+            return self.script.pop(0) if self.script else self.default
+
+    def ok(self) -> list[ReceivedCallback]:
+        return [r for r in self.received if r.headers.get("x-answered") == "2xx"]
+
+
+@pytest.fixture
+def callback_receiver() -> Iterator[CallbackReceiver]:
+    receiver = CallbackReceiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            action = receiver.next_action()
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            if isinstance(action, tuple) and action[0] == "sleep":
+                time.sleep(action[1])  # past the client's timeout: it counts as failed
+                headers["x-answered"] = "late"
+                action = 200
+            else:
+                headers["x-answered"] = "2xx" if 200 <= action < 300 else str(action)
+            with receiver.lock:
+                receiver.received.append(ReceivedCallback(headers, body))
+            try:
+                self.send_response(action)
+                self.end_headers()
+            except OSError:  # the client gave up (timeout)
+                pass
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/callbacks"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield receiver
+    server.shutdown()
+    server.server_close()
