@@ -1,0 +1,110 @@
+"""Operator commands print the JSON that ../shared/API.md section 1 names."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.test import Client
+
+from marketplace.models import Agent, BotIntegration
+
+pytestmark = pytest.mark.django_db
+
+
+def run(*args: str) -> dict:
+    out = io.StringIO()
+    call_command(*args, stdout=out)
+    return json.loads(out.getvalue())
+
+
+def test_create_bot_integration_prints_id_and_secret():
+    result = run("create_bot_integration", "Acme bot", "--callback-url", "https://bot.example.com/hooks")
+    integration = BotIntegration.objects.get(pk=result["id"])
+    assert result["secret"] == integration.secret
+    assert integration.callback_url == "https://bot.example.com/hooks"
+    assert integration.active
+
+
+def test_create_bot_integration_refuses_a_bad_url():
+    with pytest.raises(CommandError, match="callback-url"):
+        run("create_bot_integration", "x", "--callback-url", "not a url")
+
+
+def test_create_agent_makes_an_approved_agent_who_can_log_in():
+    result = run(
+        "create_agent",
+        "anna",
+        "--password",
+        "s3cret-pass",
+        "--languages",
+        "en,SV",
+        "--skills",
+        "billing,refunds",
+        "--capacity",
+        "2",
+    )
+    agent = Agent.objects.get(pk=result["id"])
+    assert result["username"] == "anna"
+    assert (agent.languages, agent.skills, agent.capacity, agent.approval) == (
+        ["en", "sv"],
+        ["billing", "refunds"],
+        2,
+        "approved",
+    )
+    response = Client().post(
+        "/api/v1/auth/token", {"username": "anna", "password": "s3cret-pass"}, content_type="application/json"
+    )
+    assert response.status_code == 200
+    assert len(response.json()["token"]) == 40
+    bad = Client().post(
+        "/api/v1/auth/token", {"username": "anna", "password": "wrong"}, content_type="application/json"
+    )
+    assert bad.status_code == 400
+
+
+def test_create_agent_twice_updates_instead_of_duplicating():
+    first = run("create_agent", "anna", "--password", "s3cret-pass", "--capacity", "1")
+    again = run("create_agent", "anna", "--password", "other-pass", "--capacity", "3")
+    assert first["id"] == again["id"]
+    assert Agent.objects.get().capacity == 3
+
+
+def test_create_agents_makes_many_with_working_tokens():
+    result = run(
+        "create_agents",
+        "--prefix",
+        "load",
+        "--count",
+        "25",
+        "--password",
+        "P-assw0rd",
+        "--languages",
+        "en",
+        "--skills",
+        "billing",
+        "--capacity",
+        "2",
+    )
+    agents = result["agents"]
+    assert [a["username"] for a in agents] == [f"load{n}" for n in range(1, 26)]
+    assert Agent.objects.filter(approval="approved", capacity=2).count() == 25
+    client = Client()
+    token = client.post(
+        "/api/v1/auth/token", {"username": "load7", "password": "P-assw0rd"}, content_type="application/json"
+    )
+    assert token.json()["token"] == agents[6]["token"]
+    with pytest.raises(CommandError, match="exist"):
+        run("create_agents", "--prefix", "load", "--count", "2", "--password", "P-assw0rd")
+
+
+def test_seed_demo_is_idempotent():
+    first = run("seed_demo")
+    again = run("seed_demo")
+    assert first["created"] and again["created"] == []
+    assert first["integration"] == again["integration"]
+    assert BotIntegration.objects.count() == 1
+    assert Agent.objects.count() == len(first["agents"]) == 3
