@@ -1,0 +1,56 @@
+# Two commands set everything up on a fresh machine:
+#   make run    the service with demo data, embedded (SQLite, in-memory layer, in-process jobs)
+#   make test   lint, type checks and the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: install install-dev run test lint pytest migrate demo-escalation worker beat clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.runtime: requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@ $(VENV)/.runtime
+
+install: $(VENV)/.runtime
+install-dev: $(VENV)/.dev
+
+migrate: install
+	$(BIN)/python manage.py migrate --noinput
+
+run: migrate
+	@$(BIN)/python manage.py seed_demo --base-url http://$(HOST):$(PORT) > .seed.json
+	@$(BIN)/python scripts/banner.py .seed.json http://$(HOST):$(PORT)
+	$(BIN)/daphne -b $(HOST) -p $(PORT) config.asgi:application
+
+# Acts as the demo bot against `make run`: one signed escalation.
+demo-escalation: install
+	$(BIN)/python manage.py demo_escalation --base-url http://$(HOST):$(PORT)
+
+worker: install
+	$(BIN)/celery -A config worker --loglevel=info
+
+beat: install
+	$(BIN)/celery -A config beat --loglevel=info --scheduler django_celery_beat.schedulers:DatabaseScheduler
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+pytest: install-dev
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test: lint pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache staticfiles .seed.json db.sqlite3* .test-db.sqlite3*
