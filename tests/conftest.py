@@ -81,6 +81,19 @@ def _isolated_runtime(settings: Any) -> Iterator[None]:
     assert jobs.runner.wait_idle(timeout=30), "a background job is still running after the test"
 
 
+@pytest.fixture
+def lost_tasks(settings: Any) -> Iterator[None]:
+    """Jobs go to a broker nobody consumes: every task sent is lost, as in a crash."""
+    from config.celery import app
+
+    previous = app.conf.broker_url
+    settings.TASK_RUNNER = "celery"
+    app.conf.broker_url = "memory://"
+    yield
+    app.conf.broker_url = previous
+    settings.TASK_RUNNER = "thread"
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
     """Poll until predicate() is truthy; fail with a clear message otherwise."""
     deadline = time.monotonic() + timeout

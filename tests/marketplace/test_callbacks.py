@@ -114,12 +114,10 @@ def test_a_conversations_events_arrive_in_order_even_through_failures(receiving_
     assert seqs == [1, 2]
 
 
-def test_a_crashed_delivery_is_picked_up_by_the_sweeper(receiving_bot, callback_receiver, fast_retries, settings):
-    settings.TASK_RUNNER = "celery"  # given: the job is sent to a broker nobody listens to (a lost task)
-    settings.CELERY_BROKER_URL = "memory://"
-    from config.celery import app
-
-    app.conf.broker_url = "memory://"
+def test_a_crashed_delivery_is_picked_up_by_the_sweeper(
+    receiving_bot, callback_receiver, fast_retries, settings, request
+):
+    request.getfixturevalue("lost_tasks")  # given: the delivery task is lost
     receiving_bot.escalate("cb-6")
     event = CallbackEvent.objects.get()
     # and a worker that claimed it and died: the lease is taken, nothing was sent

@@ -1,0 +1,103 @@
+"""Start the real processes (Daphne, Celery) against the test database."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def service_env(**extra: str) -> dict[str, str]:
+    """The environment of a production-like process pointed at the test database."""
+    db = settings.DATABASES["default"]
+    url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env.update(
+        DATABASE_URL=url,
+        REDIS_URL=settings.REDIS_URL,
+        DJANGO_SETTINGS_MODULE="config.settings",
+        TASK_RUNNER="celery",
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
+@contextmanager
+def running(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log, "wb") as out:
+        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@contextmanager
+def daphne(env: dict[str, str], log: Path) -> Iterator[str]:
+    port = free_port()
+    with running(
+        [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"], env, log
+    ) as proc:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/healthz", proc, log)
+        yield base
+
+
+@contextmanager
+def celery_worker(env: dict[str, str], log: Path, concurrency: int = 2) -> Iterator[subprocess.Popen[bytes]]:
+    args = [str(BIN / "celery"), "-A", "config", "worker", "--loglevel=info", f"--concurrency={concurrency}"]
+    with running(args, env, log) as proc:
+        deadline = time.monotonic() + 60
+        while b"ready." not in log.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"celery worker did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield proc
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer in {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+@contextmanager
+def celery_beat(env: dict[str, str], log: Path, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    args = [
+        str(BIN / "celery"), "-A", "config", "beat", "--loglevel=info",
+        "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler",
+        f"--pidfile={workdir / 'beat.pid'}",
+    ]  # fmt: skip
+    with running(args, env, log) as proc:
+        yield proc
