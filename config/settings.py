@@ -279,4 +279,3 @@ LOGGING = {
 
 # A stand-in bot endpoint for the demo (marketplace/demo.py).
 DEMO_ENDPOINTS = env_bool("DEMO_ENDPOINTS", DEBUG)
-FORMS_URLFIELD_ASSUME_HTTPS = True  # Django 6.0's default, opted into now
