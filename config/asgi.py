@@ -7,12 +7,19 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_asgi_app = get_asgi_application()  # before importing anything that touches models
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from config import jobs  # noqa: E402
+from config.routing import websocket_urlpatterns  # noqa: E402
+from dispatch.auth import AgentAuthMiddleware  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": AgentAuthMiddleware(URLRouter(websocket_urlpatterns)),
+    }
+)
 
 if settings.RUN_PERIODIC_IN_PROCESS:
     jobs.start_periodic_jobs()

@@ -175,6 +175,14 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # default runs the same functions on the same periods in-process.
 PERIODIC_JOBS = {
     "callbacks-sweep": {"task": "marketplace.tasks.sweep_callbacks", "seconds": env_float("CALLBACK_SWEEP_SECONDS", 5)},
+    # Expires offers whose timer was lost; the timer itself fires on time.
+    "offers-sweep": {"task": "dispatch.tasks.sweep_offers", "seconds": env_float("OFFER_SWEEP_SECONDS", 1)},
+    # Offers waiting work to free agents (skill widening, lost dispatch jobs).
+    "dispatch-sweep": {"task": "dispatch.tasks.sweep_dispatch", "seconds": env_float("DISPATCH_SWEEP_SECONDS", 2)},
+    # Closes connections of dead web processes and releases agents past their grace.
+    "presence-sweep": {"task": "dispatch.tasks.sweep_presence", "seconds": env_float("PRESENCE_SWEEP_SECONDS", 5)},
+    # Tells bots of changed queue positions, at most every QUEUE_UPDATE_MIN_SECONDS per conversation.
+    "queue-updates": {"task": "dispatch.tasks.push_queue_updates", "seconds": env_float("QUEUE_UPDATE_SECONDS", 5)},
 }
 CELERY_BEAT_SCHEDULE = {name: {"task": job["task"], "schedule": job["seconds"]} for name, job in PERIODIC_JOBS.items()}
 
@@ -253,6 +261,20 @@ CALLBACK_BACKOFF_MAX_SECONDS = env_float("CALLBACK_BACKOFF_MAX_SECONDS", 900)
 # A delivery that has not reported back within this lease is taken as lost
 # (a crashed worker) and handed to the next attempt.
 CALLBACK_LEASE_SECONDS = env_float("CALLBACK_LEASE_SECONDS", CALLBACK_TIMEOUT_SECONDS * 3)
+
+# Dispatch
+SKILL_WIDEN_AFTER_SECONDS = env_float("SKILL_WIDEN_AFTER_SECONDS", 60)
+MISSES_BEFORE_AWAY = env_int("MISSES_BEFORE_AWAY", 2)
+QUEUE_FRONT_HEAD_START_SECONDS = env_float("QUEUE_FRONT_HEAD_START_SECONDS", 86_400)
+QUEUE_UPDATE_MIN_SECONDS = env_float("QUEUE_UPDATE_MIN_SECONDS", 15)
+SERVER_HEARTBEAT_SECONDS = env_float("SERVER_HEARTBEAT_SECONDS", 5)
+SERVER_DEAD_AFTER_SECONDS = env_float("SERVER_DEAD_AFTER_SECONDS", 20)
+# A socket that sends nothing (not even `ping`) for this long is closed.
+CONNECTION_IDLE_TIMEOUT_SECONDS = env_float("CONNECTION_IDLE_TIMEOUT_SECONDS", 90)
+WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 64 * 1024)
+WS_RATE_PER_SECOND = env_float("WS_RATE_PER_SECOND", 20)
+WS_RATE_BURST = env_int("WS_RATE_BURST", 60)
+DEFAULT_PAY_AMOUNT = env_int("DEFAULT_PAY_AMOUNT", 400)
 
 # Queue and wait estimate
 # Priority is a head start in the queue: an urgent conversation is ordered as if

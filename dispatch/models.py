@@ -47,3 +47,58 @@ class Offer(models.Model):
 
     def is_expired(self) -> bool:
         return self.expires_at <= timezone.now()
+
+
+class AgentConnection(models.Model):
+    """One open WebSocket of an agent (a phone, a tab). Several may exist at once."""
+
+    channel_name = models.CharField(primary_key=True, max_length=200)
+    agent = models.ForeignKey("marketplace.Agent", on_delete=models.CASCADE, related_name="connections")
+    server_id = models.CharField(max_length=100, db_index=True, help_text="The web process holding the socket")
+    opened_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.agent_id} via {self.server_id}"
+
+
+class ServerHeartbeat(models.Model):
+    """Each web process says it is alive every few seconds.
+
+    Connections of a process that stopped beating (killed, crashed) are dead,
+    and the sweeper closes them as if the agents had disconnected.
+    """
+
+    server_id = models.CharField(primary_key=True, max_length=100)
+    seen_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return self.server_id
+
+
+class DispatchWeights(models.Model):
+    """How the dispatcher ranks eligible agents (one row, edited in admin).
+
+    score = fairness * idle + quality * quality_score + reliability * acceptance
+            + skill_bonus (when the agent has the topic's skill)
+    where each term is in [0, 1]; see docs/DISPATCH.md.
+    """
+
+    fairness = models.FloatField(default=0.4, help_text="Weight of idle time (longest idle first)")
+    quality = models.FloatField(default=0.4, help_text="Weight of customer ratings and resolution rate")
+    reliability = models.FloatField(default=0.2, help_text="Weight of the offer acceptance rate")
+    skill_bonus = models.FloatField(default=1.0, help_text="Added when the agent has the topic's skill")
+    idle_half_seconds = models.PositiveIntegerField(default=300, help_text="Idle time that scores 0.5")
+    prior_weight = models.PositiveIntegerField(
+        default=5, help_text="Pseudo-observations that pull a new agent's figures towards the platform's priors"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "dispatch weights"
+
+    def __str__(self) -> str:
+        return f"fairness {self.fairness}, quality {self.quality}, reliability {self.reliability}"
+
+    @classmethod
+    def current(cls) -> DispatchWeights:
+        return cls.objects.order_by("pk").first() or cls()

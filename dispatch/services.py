@@ -1,27 +1,40 @@
-"""Offers and assignment: the conversation's life between queue and resolution.
+"""Dispatch: presence, offers, assignment, re-queueing. One function per verb.
 
 Lock order (as in marketplace.services): Conversation, then Offer, then Agent.
-Capacity is taken with a conditional UPDATE (active_count < capacity), so an
-agent never holds more conversations than its capacity, whoever races.
+A verb that starts from an agent reads the ids it needs without locks, then
+locks in that order. Capacity is taken with a conditional UPDATE
+(active_count < capacity), so an agent never holds more conversations than its
+capacity, whoever races. Messages to agents, callbacks and follow-up jobs go out
+only after commit.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from config import jobs
 from config.errors import Conflict
 from marketplace import callbacks
 from marketplace.models import Agent, Conversation, Message
-from marketplace.services import agent_release_slot, conversation_log, conversation_transition
+from marketplace.services import (
+    agent_release_slot,
+    conversation_notify_queued,
+    conversation_transition,
+    queue_key_for,
+)
+from payouts import pricing
 
-from . import events
-from .models import Offer
+from . import events, selectors, tasks
+from .models import AgentConnection, Offer, ServerHeartbeat
+
+logger = logging.getLogger(__name__)
 
 
 class OfferNotOpen(Conflict):
@@ -39,6 +52,18 @@ class NotAssignedToAgent(Conflict):
     default_detail = "The conversation is not assigned to this agent."
 
 
+class NotApproved(Conflict):
+    default_code = "not_approved"
+    default_detail = "Only approved agents can go online."
+
+
+# --- payloads sent to agents ----------------------------------------------------------
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
 def offer_payload(offer: Offer) -> dict[str, Any]:
     conversation = offer.conversation
     return {
@@ -50,7 +75,7 @@ def offer_payload(offer: Offer) -> dict[str, Any]:
         "priority": conversation.priority,
         "summary": conversation.summary,
         "pay": {"amount": offer.pay_amount, "currency": offer.pay_currency},
-        "expires_at": offer.expires_at.isoformat().replace("+00:00", "Z"),
+        "expires_at": _iso(offer.expires_at),
     }
 
 
@@ -65,12 +90,35 @@ def conversation_payload(conversation: Conversation) -> dict[str, Any]:
         "customer": conversation.customer,
         "transcript": conversation.transcript,
         "messages": [events.message_payload(m)["message"] for m in conversation.messages.all()],
+        "assigned_at": _iso(conversation.assigned_at) if conversation.assigned_at else None,
     }
 
 
+def hello_payload(agent_id: str) -> dict[str, Any]:
+    agent = Agent.objects.get(pk=agent_id)
+    offer = selectors.pending_offer(agent_id)
+    return {
+        "type": "hello",
+        "agent": {
+            "id": agent.id,
+            "display_name": agent.display_name,
+            "languages": agent.languages,
+            "skills": agent.skills,
+            "capacity": agent.capacity,
+            "approval": agent.approval,
+        },
+        "status": agent.status,
+        "active_conversations": [conversation_payload(c) for c in selectors.active_conversations(agent_id)],
+        "pending_offer": offer_payload(offer) if offer is not None else None,
+    }
+
+
+# --- offers -----------------------------------------------------------------------------
+
+
 @transaction.atomic
-def offer_create(*, conversation_id: str, agent_id: str, pay_amount: int, pay_currency: str) -> Offer:
-    """Offer a queued conversation to an agent who can take it now."""
+def offer_create(*, conversation_id: str, agent_id: str) -> Offer:
+    """Offer a queued conversation to an agent who can take it now, with the pay quoted."""
     conversation = Conversation.objects.select_for_update().get(pk=conversation_id)
     if conversation.status != Conversation.Status.QUEUED:
         raise OfferNotOpen("The conversation is not waiting for an offer.")
@@ -82,77 +130,234 @@ def offer_create(*, conversation_id: str, agent_id: str, pay_amount: int, pay_cu
         or Offer.objects.filter(agent=agent, state=Offer.State.PENDING).exists()
     ):
         raise AgentUnavailable()
-    offer = Offer.objects.create(
-        conversation=conversation,
-        agent=agent,
-        expires_at=timezone.now() + timedelta(seconds=settings.OFFER_TIMEOUT_SECONDS),
-        pay_amount=pay_amount,
-        pay_currency=pay_currency,
-    )
+    quote = pricing.quote(conversation)
+    try:
+        with transaction.atomic():
+            offer = Offer.objects.create(
+                conversation=conversation,
+                agent=agent,
+                expires_at=timezone.now() + timedelta(seconds=settings.OFFER_TIMEOUT_SECONDS),
+                pay_amount=quote.amount,
+                pay_currency=quote.currency,
+            )
+    except IntegrityError as exc:  # the partial unique indexes: one open offer per agent and conversation
+        raise AgentUnavailable() from exc
     Agent.objects.filter(pk=agent.pk).update(offers_received=F("offers_received") + 1)
     conversation_transition(
         conversation=conversation, to=Conversation.Status.OFFERED, actor="system", data={"offer_id": offer.id}
     )
     events.send_on_commit(agent.pk, offer_payload(offer))
+    jobs.enqueue_on_commit(tasks.expire_offer, offer.id, countdown=settings.OFFER_TIMEOUT_SECONDS)
     return offer
 
 
-@transaction.atomic
+def _lock_offer(offer_id: str) -> tuple[Conversation, Offer]:
+    """Lock an offer's conversation, then the offer (the fixed order)."""
+    conversation_id = Offer.objects.filter(pk=offer_id).values_list("conversation_id", flat=True).first()
+    if conversation_id is None:
+        raise OfferNotOpen("No such offer.")
+    conversation = Conversation.objects.select_for_update().get(pk=conversation_id)
+    return conversation, Offer.objects.select_for_update().get(pk=offer_id)
+
+
+def _close_offer(offer: Offer, state: str, reason: str = "") -> None:
+    offer.state = state
+    offer.responded_at = timezone.now()
+    offer.reason = reason[:200]
+    offer.save(update_fields=["state", "responded_at", "reason"])
+
+
+def _back_to_queue(conversation: Conversation, actor: str, data: dict[str, Any]) -> None:
+    """An offered conversation whose offer ended goes back to waiting, and to the next agent."""
+    if conversation.status == Conversation.Status.OFFERED:
+        conversation_transition(conversation=conversation, to=Conversation.Status.QUEUED, actor=actor, data=data)
+        jobs.enqueue_on_commit(tasks.dispatch_conversation, conversation.pk)
+
+
 def offer_accept(*, offer_id: str, agent: Agent) -> Conversation:
     """The agent takes the conversation. Exactly one outcome under any race."""
-    conversation_id = Offer.objects.filter(pk=offer_id, agent=agent).values_list("conversation_id", flat=True).first()
-    if conversation_id is None:
-        raise OfferNotOpen()
-    conversation = Conversation.objects.select_for_update().get(pk=conversation_id)
-    offer = Offer.objects.select_for_update().get(pk=offer_id)
-    if offer.state != Offer.State.PENDING or offer.is_expired() or conversation.status != Conversation.Status.OFFERED:
-        raise OfferNotOpen()
-    took_slot = Agent.objects.filter(pk=agent.pk, active_count__lt=F("capacity")).update(
-        active_count=F("active_count") + 1,
-        offers_accepted=F("offers_accepted") + 1,
-        consecutive_misses=0,
-        idle_since=None,
-    )
-    if not took_slot:
-        raise AgentUnavailable("No free capacity left.")
-    offer.state = Offer.State.ACCEPTED
-    offer.responded_at = timezone.now()
-    offer.save(update_fields=["state", "responded_at"])
+    with transaction.atomic():
+        conversation, offer = _lock_offer(offer_id)
+        if (
+            offer.agent_id != agent.pk
+            or offer.state != Offer.State.PENDING
+            or offer.is_expired()
+            or conversation.status != Conversation.Status.OFFERED
+        ):
+            raise OfferNotOpen()
+        took_slot = Agent.objects.filter(pk=agent.pk, active_count__lt=F("capacity")).update(
+            active_count=F("active_count") + 1,
+            offers_accepted=F("offers_accepted") + 1,
+            consecutive_misses=0,
+            idle_since=None,
+        )
+        if took_slot:
+            _close_offer(offer, Offer.State.ACCEPTED)
+            _assign(conversation, agent, actor=f"agent:{agent.pk}", data={"offer_id": offer.id})
+            return conversation
+        # Another conversation took the last slot (an admin's reassignment): this offer is over.
+        _close_offer(offer, Offer.State.REVOKED, "no capacity left")
+        _back_to_queue(conversation, f"agent:{agent.pk}", {"offer_id": offer.id, "reason": "no_capacity"})
+        events.send_on_commit(agent.pk, {"type": "offer.revoked", "offer_id": offer.id, "reason": "taken"})
+    raise AgentUnavailable("No free capacity left.")
+
+
+def _assign(conversation: Conversation, agent: Agent, *, actor: str, data: dict[str, Any]) -> None:
+    """The conversation (locked) becomes the agent's; the slot is already taken."""
     conversation.assigned_agent = agent
     conversation_transition(
         conversation=conversation,
         to=Conversation.Status.ASSIGNED,
-        actor=f"agent:{agent.pk}",
-        data={"offer_id": offer.id},
+        actor=actor,
+        data=data,
         extra_fields=("assigned_agent",),
     )
     callbacks.callback_enqueue(
-        conversation=conversation,
-        type="conversation.assigned",
-        data={"agent": {"display_name": agent.display_name}},
+        conversation=conversation, type="conversation.assigned", data={"agent": {"display_name": agent.display_name}}
     )
     events.send_on_commit(
         agent.pk, {"type": "conversation.assigned", "conversation": conversation_payload(conversation)}
     )
-    return conversation
+
+
+def offer_decline(*, offer_id: str, agent: Agent, reason: str = "") -> Offer:
+    """The agent says no: the conversation goes to the next candidate at once."""
+    with transaction.atomic():
+        conversation, offer = _lock_offer(offer_id)
+        if offer.agent_id != agent.pk or offer.state != Offer.State.PENDING:
+            raise OfferNotOpen()
+        _close_offer(offer, Offer.State.DECLINED, reason)
+        Agent.objects.filter(pk=agent.pk).update(offers_declined=F("offers_declined") + 1, consecutive_misses=0)
+        _back_to_queue(conversation, f"agent:{agent.pk}", {"offer_id": offer.id, "declined": reason[:200]})
+        jobs.enqueue_on_commit(tasks.dispatch_agent, agent.pk)
+    return offer
+
+
+def offer_expire(*, offer_id: str) -> bool:
+    """The timer ran out. Repeated misses set the agent away (and tell them)."""
+    with transaction.atomic():
+        try:
+            conversation, offer = _lock_offer(offer_id)
+        except OfferNotOpen:
+            return False
+        if offer.state != Offer.State.PENDING:
+            return False
+        if not offer.is_expired():  # a timer that fired early: try again when it is due
+            jobs.enqueue_on_commit(
+                tasks.expire_offer, offer.id, countdown=(offer.expires_at - timezone.now()).total_seconds()
+            )
+            return False
+        _close_offer(offer, Offer.State.EXPIRED, "no answer in time")
+        agent = Agent.objects.select_for_update().get(pk=offer.agent_id)
+        agent.offers_missed += 1
+        agent.consecutive_misses += 1
+        fields = ["offers_missed", "consecutive_misses"]
+        if agent.consecutive_misses >= settings.MISSES_BEFORE_AWAY and agent.status == Agent.Status.ONLINE:
+            agent.status = Agent.Status.AWAY
+            agent.status_changed_at = timezone.now()
+            fields += ["status", "status_changed_at"]
+            events.send_on_commit(
+                agent.pk, {"type": "presence", "status": Agent.Status.AWAY, "reason": "missed_offers"}
+            )
+        agent.save(update_fields=fields)
+        events.send_on_commit(agent.pk, {"type": "offer.revoked", "offer_id": offer.id, "reason": "expired"})
+        _back_to_queue(conversation, "system", {"offer_id": offer.id, "expired": True})
+        if agent.status == Agent.Status.ONLINE:
+            jobs.enqueue_on_commit(tasks.dispatch_agent, agent.pk)
+    return True
 
 
 def offers_revoke_for_conversation(*, conversation: Conversation, reason: str) -> list[Offer]:
     """Withdraw the conversation's open offer (the caller holds its lock)."""
     offers = list(Offer.objects.select_for_update().filter(conversation=conversation, state=Offer.State.PENDING))
-    now = timezone.now()
     for offer in offers:
-        offer.state = Offer.State.REVOKED
-        offer.responded_at = now
-        offer.reason = reason
-        offer.save(update_fields=["state", "responded_at", "reason"])
+        _close_offer(offer, Offer.State.REVOKED, reason)
         events.send_on_commit(offer.agent_id, {"type": "offer.revoked", "offer_id": offer.id, "reason": reason})
     return offers
 
 
+def offer_withdraw_for_agent(*, agent_id: str, detail: str) -> Offer | None:
+    """The agent went away or offline: its open offer lapses and passes on."""
+    offer = selectors.pending_offer(agent_id)
+    if offer is None:
+        return None
+    with transaction.atomic():
+        conversation, offer = _lock_offer(offer.pk)
+        if offer.state != Offer.State.PENDING:
+            return None
+        _close_offer(offer, Offer.State.REVOKED, detail)
+        events.send_on_commit(
+            agent_id, {"type": "offer.revoked", "offer_id": offer.id, "reason": "expired", "detail": detail}
+        )
+        _back_to_queue(conversation, "system", {"offer_id": offer.id, "withdrawn": detail})
+    return offer
+
+
+# --- dispatching ------------------------------------------------------------------------
+
+
+def conversation_dispatch(*, conversation_id: str) -> Offer | None:
+    """Offer a queued conversation to the best eligible agent, if any."""
+    conversation = Conversation.objects.filter(pk=conversation_id, status=Conversation.Status.QUEUED).first()
+    if conversation is None:
+        return None
+    for agent in selectors.ranked_candidates(conversation):
+        try:
+            return offer_create(conversation_id=conversation_id, agent_id=agent.pk)
+        except AgentUnavailable:
+            continue  # someone else was faster; the next candidate
+        except OfferNotOpen:
+            return None  # offered, assigned or cancelled meanwhile
+    return None
+
+
+def agent_dispatch(*, agent_id: str) -> Offer | None:
+    """An agent has room: offer it the first waiting conversation it may take."""
+    for _ in range(5):  # a conversation may be taken by another worker meanwhile: try the next
+        agent = selectors.available_agents().filter(pk=agent_id).first()
+        if agent is None:
+            return None
+        conversation = selectors.next_conversation_for(agent)
+        if conversation is None:
+            return None
+        try:
+            return offer_create(conversation_id=conversation.pk, agent_id=agent_id)
+        except OfferNotOpen:
+            continue
+        except AgentUnavailable:
+            return None
+    return None
+
+
+def dispatch_sweep() -> int:
+    """Work conservation: every agent with room gets the best waiting conversation it may take.
+
+    Covers what no event triggers (the skill filter widening with time) and any
+    dispatch job lost with a crashed worker.
+    """
+    offered = 0
+    if not Conversation.objects.filter(status=Conversation.Status.QUEUED).exists():
+        return 0
+    for agent_id in selectors.available_agents().order_by("idle_since").values_list("pk", flat=True)[:500]:
+        if agent_dispatch(agent_id=agent_id) is not None:
+            offered += 1
+    return offered
+
+
+def offers_sweep() -> int:
+    """Expire every overdue offer (timers are the fast path; this is the safety net)."""
+    overdue = Offer.objects.filter(state=Offer.State.PENDING, expires_at__lte=timezone.now()).values_list(
+        "pk", flat=True
+    )
+    return sum(offer_expire(offer_id=offer_id) for offer_id in list(overdue[:500]))
+
+
+# --- the conversation with the agent ---------------------------------------------------
+
+
 @transaction.atomic
 def conversation_resolve(*, conversation_id: str, agent: Agent, outcome: str, note: str = "") -> Conversation:
-    """The agent closes the conversation with an outcome."""
+    """The agent closes the conversation with an outcome; its slot frees at once."""
     conversation = Conversation.objects.select_for_update().get(pk=conversation_id)
     if conversation.status != Conversation.Status.ASSIGNED or conversation.assigned_agent_id != agent.pk:
         raise NotAssignedToAgent()
@@ -172,6 +377,7 @@ def conversation_resolve(*, conversation_id: str, agent: Agent, outcome: str, no
     events.send_on_commit(
         agent.pk, {"type": "conversation.closed", "conversation_id": conversation.id, "reason": outcome}
     )
+    jobs.enqueue_on_commit(tasks.dispatch_agent, agent.pk)
     return conversation
 
 
@@ -187,9 +393,6 @@ def conversation_add_agent_message(*, conversation_id: str, agent: Agent, text: 
     message = Message.objects.create(
         conversation=conversation, role=Message.Role.AGENT, text=text, agent=agent, client_id=client_id
     )
-    conversation_log(
-        conversation=conversation, kind="message.agent", actor=f"agent:{agent.pk}", data={"id": message.id}
-    )
     callbacks.callback_enqueue(
         conversation=conversation,
         type="message.created",
@@ -200,4 +403,205 @@ def conversation_add_agent_message(*, conversation_id: str, agent: Agent, text: 
             "agent": {"display_name": agent.display_name},
         },
     )
+    # Every device of the agent shows it; the sender recognises its client_id.
+    events.send_on_commit(agent.pk, events.message_payload(message))
     return message
+
+
+def conversation_requeue(*, conversation_id: str, actor: str, reason: str, front: bool = True) -> Conversation:
+    """Put an offered or assigned conversation back in the queue, at the front by default.
+
+    Its transcript and messages stay; the next agent sees them all. The agent who
+    had it is told, and so is the bot (`conversation.queued` with the reason).
+    """
+    with transaction.atomic():
+        conversation = Conversation.objects.select_for_update().get(pk=conversation_id)
+        if conversation.status not in (Conversation.Status.OFFERED, Conversation.Status.ASSIGNED):
+            raise Conflict(f"A {conversation.status} conversation cannot be re-queued.", code="not_requeueable")
+        offers_revoke_for_conversation(conversation=conversation, reason="cancelled")
+        previous_agent = conversation.assigned_agent_id if conversation.status == Conversation.Status.ASSIGNED else None
+        now = timezone.now()
+        conversation.assigned_agent = None
+        conversation.queue_key = (
+            now - timedelta(seconds=settings.QUEUE_FRONT_HEAD_START_SECONDS)
+            if front
+            else queue_key_for(conversation.priority, now)
+        )
+        conversation_transition(
+            conversation=conversation,
+            to=Conversation.Status.QUEUED,
+            actor=actor,
+            data={"reason": reason, "previous_agent": previous_agent},
+            extra_fields=("assigned_agent", "queue_key"),
+        )
+        if previous_agent:
+            agent_release_slot(previous_agent)
+            events.send_on_commit(
+                previous_agent, {"type": "conversation.closed", "conversation_id": conversation.id, "reason": reason}
+            )
+            jobs.enqueue_on_commit(tasks.dispatch_agent, previous_agent)
+            conversation_notify_queued(conversation, reason=reason)
+        jobs.enqueue_on_commit(tasks.dispatch_conversation, conversation.id)
+    return conversation
+
+
+@transaction.atomic
+def conversation_reassign(*, conversation_id: str, agent_id: str, actor: str) -> Conversation:
+    """Admin: give the conversation to this agent now, without an offer."""
+    conversation = Conversation.objects.select_for_update().get(pk=conversation_id)
+    if conversation.is_closed:
+        raise Conflict("The conversation is closed.", code="conversation_closed")
+    if conversation.assigned_agent_id == agent_id and conversation.status == Conversation.Status.ASSIGNED:
+        return conversation
+    for offer in Offer.objects.select_for_update().filter(conversation=conversation, state=Offer.State.PENDING):
+        _close_offer(offer, Offer.State.REVOKED, "reassigned")
+        events.send_on_commit(offer.agent_id, {"type": "offer.revoked", "offer_id": offer.id, "reason": "taken"})
+    agent = Agent.objects.select_for_update().get(pk=agent_id)
+    if agent.approval != Agent.Approval.APPROVED:
+        raise AgentUnavailable("The agent is not approved.")
+    took_slot = Agent.objects.filter(pk=agent.pk, active_count__lt=F("capacity")).update(
+        active_count=F("active_count") + 1, idle_since=None
+    )
+    if not took_slot:
+        raise AgentUnavailable("The agent has no free capacity.")
+    previous_agent = conversation.assigned_agent_id if conversation.status == Conversation.Status.ASSIGNED else None
+    if previous_agent:
+        agent_release_slot(previous_agent)
+        events.send_on_commit(
+            previous_agent, {"type": "conversation.closed", "conversation_id": conversation.id, "reason": "reassigned"}
+        )
+        jobs.enqueue_on_commit(tasks.dispatch_agent, previous_agent)
+    _assign(conversation, agent, actor=actor, data={"reassigned_from": previous_agent})
+    return conversation
+
+
+# --- presence ---------------------------------------------------------------------------
+
+
+def agent_set_status(*, agent_id: str, status: str, actor: str) -> Agent:
+    """online / away / offline, chosen by the agent (on any of its devices) or an admin."""
+    with transaction.atomic():
+        agent = Agent.objects.select_for_update().get(pk=agent_id)
+        if status == Agent.Status.ONLINE and agent.approval != Agent.Approval.APPROVED:
+            raise NotApproved()
+        if agent.status != status:
+            now = timezone.now()
+            if status == Agent.Status.ONLINE:
+                agent.consecutive_misses = 0
+                if agent.active_count == 0:
+                    agent.idle_since = now  # fairness counts idle time while online
+            agent.status = status
+            agent.status_changed_at = now
+            agent.save(update_fields=["status", "status_changed_at", "consecutive_misses", "idle_since"])
+        events.send_on_commit(agent.pk, {"type": "presence", "status": agent.status})
+        if status == Agent.Status.ONLINE:
+            jobs.enqueue_on_commit(tasks.dispatch_agent, agent.pk)
+    if status != Agent.Status.ONLINE:
+        offer_withdraw_for_agent(agent_id=agent_id, detail=f"agent_{status}")
+    return agent
+
+
+def agent_release_work(*, agent_id: str, reason: str) -> int:
+    """Withdraw the agent's offer and re-queue its conversations at the front."""
+    offer_withdraw_for_agent(agent_id=agent_id, detail=reason)
+    conversation_ids = list(selectors.active_conversations(agent_id).values_list("pk", flat=True))
+    for conversation_id in conversation_ids:
+        conversation_requeue(conversation_id=conversation_id, actor="system", reason=reason, front=True)
+    return len(conversation_ids)
+
+
+def agent_force_offline(*, agent_id: str, actor: str) -> Agent:
+    """Admin: take the agent offline now and pass its work on."""
+    agent = agent_set_status(agent_id=agent_id, status=Agent.Status.OFFLINE, actor=actor)
+    agent_release_work(agent_id=agent_id, reason="agent_offline")
+    return agent
+
+
+@transaction.atomic
+def connection_open(*, agent_id: str, channel_name: str, server_id: str) -> None:
+    Agent.objects.select_for_update().filter(pk=agent_id).update(disconnected_at=None)
+    AgentConnection.objects.update_or_create(
+        channel_name=channel_name, defaults={"agent_id": agent_id, "server_id": server_id}
+    )
+
+
+def connection_close(*, channel_name: str) -> None:
+    """A socket closed. When it was the agent's last, the grace period starts."""
+    with transaction.atomic():
+        agent_id = AgentConnection.objects.filter(pk=channel_name).values_list("agent_id", flat=True).first()
+        if agent_id is None:
+            return
+        agent = Agent.objects.select_for_update().get(pk=agent_id)
+        AgentConnection.objects.filter(pk=channel_name).delete()
+        if AgentConnection.objects.filter(agent_id=agent_id).exists():
+            return
+        agent.disconnected_at = timezone.now()
+        agent.save(update_fields=["disconnected_at"])
+        jobs.enqueue_on_commit(tasks.release_if_gone, agent_id, countdown=settings.PRESENCE_GRACE_SECONDS)
+
+
+def presence_release_if_gone(*, agent_id: str) -> bool:
+    """After the grace period: an agent still without a connection goes offline and its work moves on."""
+    with transaction.atomic():
+        agent = Agent.objects.select_for_update().get(pk=agent_id)
+        grace = timedelta(seconds=settings.PRESENCE_GRACE_SECONDS)
+        if agent.disconnected_at is None or timezone.now() - agent.disconnected_at < grace:
+            return False
+        if AgentConnection.objects.filter(agent_id=agent_id).exists():
+            return False
+        agent.disconnected_at = None
+        was = agent.status
+        agent.status = Agent.Status.OFFLINE
+        agent.status_changed_at = timezone.now()
+        agent.save(update_fields=["disconnected_at", "status", "status_changed_at"])
+        events.send_on_commit(agent.pk, {"type": "presence", "status": Agent.Status.OFFLINE, "reason": "disconnected"})
+    moved = agent_release_work(agent_id=agent_id, reason="agent_disconnected")
+    logger.info("%s gone past the grace period (was %s): offline, %s conversation(s) re-queued", agent_id, was, moved)
+    return True
+
+
+def server_heartbeat(*, server_id: str) -> None:
+    ServerHeartbeat.objects.update_or_create(server_id=server_id, defaults={"seen_at": timezone.now()})
+
+
+def presence_sweep() -> int:
+    """Close the connections of web processes that stopped beating; release agents past grace."""
+    cutoff = timezone.now() - timedelta(seconds=settings.SERVER_DEAD_AFTER_SECONDS)
+    dead = list(ServerHeartbeat.objects.filter(seen_at__lt=cutoff).values_list("server_id", flat=True))
+    closed = 0
+    for channel_name in AgentConnection.objects.filter(server_id__in=dead).values_list("pk", flat=True):
+        connection_close(channel_name=channel_name)
+        closed += 1
+    ServerHeartbeat.objects.filter(server_id__in=dead, seen_at__lt=cutoff).delete()
+    # Connections whose process never beat at all (it died before its first beat).
+    orphans = AgentConnection.objects.exclude(server_id__in=ServerHeartbeat.objects.values("server_id")).filter(
+        opened_at__lt=cutoff
+    )
+    for channel_name in orphans.values_list("pk", flat=True):
+        connection_close(channel_name=channel_name)
+        closed += 1
+    grace_cutoff = timezone.now() - timedelta(seconds=settings.PRESENCE_GRACE_SECONDS)
+    for agent_id in Agent.objects.filter(disconnected_at__lt=grace_cutoff).values_list("pk", flat=True):
+        presence_release_if_gone(agent_id=agent_id)
+    return closed
+
+
+def queue_updates_push() -> int:
+    """Tell bots of changed queue positions and waits, at most every QUEUE_UPDATE_MIN_SECONDS each."""
+    from marketplace import selectors as queue
+
+    cutoff = timezone.now() - timedelta(seconds=settings.QUEUE_UPDATE_MIN_SECONDS)
+    pushed = 0
+    for conversation_id, estimate in queue.wait_estimates_for_waiting().items():
+        with transaction.atomic():
+            conversation = Conversation.objects.select_for_update().get(pk=conversation_id)
+            if not conversation.is_waiting or (conversation.notified_at and conversation.notified_at > cutoff):
+                continue
+            if (conversation.notified_position, conversation.notified_wait_seconds) == (
+                estimate.queue_position,
+                estimate.seconds,
+            ):
+                continue
+            conversation_notify_queued(conversation, estimate=estimate)
+            pushed += 1
+    return pushed

@@ -67,6 +67,9 @@ class Agent(models.Model):
     active_count = models.PositiveSmallIntegerField(default=0)
     # Fairness: when the agent last had nothing to do.
     idle_since = models.DateTimeField(null=True, blank=True)
+    # Set when the agent's last connection dropped; cleared on reconnect. After
+    # PRESENCE_GRACE_SECONDS the agent is taken offline and its work re-queued.
+    disconnected_at = models.DateTimeField(null=True, blank=True)
     # Quality and reliability figures (counters, updated with F() expressions).
     offers_received = models.PositiveIntegerField(default=0)
     offers_accepted = models.PositiveIntegerField(default=0)
@@ -168,6 +171,10 @@ class Conversation(models.Model):
     abandoned_at = models.DateTimeField(null=True, blank=True)
     rated_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # What the bot was last told of its place in the queue (throttled pushes).
+    notified_position = models.PositiveIntegerField(null=True, blank=True)
+    notified_wait_seconds = models.PositiveIntegerField(null=True, blank=True)
+    notified_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

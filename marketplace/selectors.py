@@ -63,13 +63,18 @@ class PoolCapacity:
     free: int
 
 
-def pool_capacity(language: str) -> PoolCapacity:
-    """Online approved agents who speak `language` (any, when blank)."""
-    rows = Agent.objects.filter(status=Agent.Status.ONLINE, approval=Agent.Approval.APPROVED).values_list(
-        "languages", "capacity", "active_count"
+def _online_rows() -> list[tuple[list[str], int, int]]:
+    return list(
+        Agent.objects.filter(status=Agent.Status.ONLINE, approval=Agent.Approval.APPROVED).values_list(
+            "languages", "capacity", "active_count"
+        )
     )
+
+
+def pool_capacity(language: str, rows: list[tuple[list[str], int, int]] | None = None) -> PoolCapacity:
+    """Online approved agents who speak `language` (any, when blank)."""
     agents = slots = free = 0
-    for languages, capacity, active in rows:
+    for languages, capacity, active in _online_rows() if rows is None else rows:
         if language and language not in (languages or []):
             continue
         agents += 1
@@ -116,11 +121,7 @@ class WaitEstimate:
     basis: str | None
 
 
-def wait_estimate(conversation: Conversation) -> WaitEstimate:
-    position = queue_position(conversation)
-    if position is None:
-        return WaitEstimate(None, None, None)
-    pool = pool_capacity(conversation.language)
+def _estimate(position: int, pool: PoolCapacity) -> WaitEstimate:
     if pool.slots == 0:
         return WaitEstimate(position, None, "no_agents_online")
     answer = answer_seconds()
@@ -128,3 +129,31 @@ def wait_estimate(conversation: Conversation) -> WaitEstimate:
         return WaitEstimate(position, math.ceil(answer), "free_capacity")
     ahead = position - pool.free
     return WaitEstimate(position, math.ceil(answer + ahead * handle_seconds() / pool.slots), "handle_time")
+
+
+def wait_estimate(conversation: Conversation) -> WaitEstimate:
+    position = queue_position(conversation)
+    if position is None:
+        return WaitEstimate(None, None, None)
+    return _estimate(position, pool_capacity(conversation.language))
+
+
+def wait_estimates_for_waiting(limit: int = 5000) -> dict[str, WaitEstimate]:
+    """Every waiting conversation's estimate with three queries, not three per conversation."""
+    rows = _online_rows()
+    pools: dict[str, PoolCapacity] = {}
+    ahead_by_language: dict[str, int] = {}
+    ahead_any = 0
+    estimates: dict[str, WaitEstimate] = {}
+    for conversation_id, language in waiting_conversations().values_list("id", "language")[:limit]:
+        # Same rule as queue_position: the ones ahead that need this language or none.
+        if language:
+            position = ahead_by_language.get(language, 0) + ahead_any + 1
+            ahead_by_language[language] = ahead_by_language.get(language, 0) + 1
+        else:
+            position = ahead_any + sum(ahead_by_language.values()) + 1
+            ahead_any += 1
+        if language not in pools:
+            pools[language] = pool_capacity(language, rows)
+        estimates[conversation_id] = _estimate(position, pools[language])
+    return estimates

@@ -16,8 +16,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from config import jobs
 from config.errors import Conflict
 from dispatch import events as agent_events
+from dispatch import tasks as dispatch_tasks
 
 from . import callbacks, selectors
 from .models import Agent, BotIntegration, Conversation, ConversationEvent, Message, new_integration_secret
@@ -83,14 +85,24 @@ def conversation_transition(
     conversation_log(conversation=conversation, kind=f"status.{to}", actor=actor, data=data, from_status=previous)
 
 
-def queued_event_data(conversation: Conversation) -> dict[str, Any]:
-    estimate = selectors.wait_estimate(conversation)
-    return {
+def conversation_notify_queued(
+    conversation: Conversation, *, reason: str | None = None, estimate: selectors.WaitEstimate | None = None
+) -> None:
+    """Tell the bot where the (locked) conversation stands in the queue, and remember what was said."""
+    estimate = estimate or selectors.wait_estimate(conversation)
+    data: dict[str, Any] = {
         "status": conversation.status,
         "queue_position": estimate.queue_position,
         "estimated_wait_seconds": estimate.seconds,
         "wait_estimate_basis": estimate.basis,
     }
+    if reason:
+        data["reason"] = reason
+    callbacks.callback_enqueue(conversation=conversation, type="conversation.queued", data=data)
+    conversation.notified_position = estimate.queue_position
+    conversation.notified_wait_seconds = estimate.seconds
+    conversation.notified_at = timezone.now()
+    conversation.save(update_fields=["notified_position", "notified_wait_seconds", "notified_at"])
 
 
 @dataclass(frozen=True)
@@ -139,9 +151,8 @@ def conversation_escalate(*, integration: BotIntegration, data: EscalationInput)
                 data={"reason": data.reason},
                 from_status="new",
             )
-            callbacks.callback_enqueue(
-                conversation=conversation, type="conversation.queued", data=queued_event_data(conversation)
-            )
+            conversation_notify_queued(conversation)
+            jobs.enqueue_on_commit(dispatch_tasks.dispatch_conversation, conversation.pk)
     except IntegrityError:
         return Conversation.objects.get(integration=integration, external_id=data.external_id), False
     return conversation, True

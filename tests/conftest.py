@@ -81,6 +81,35 @@ def _isolated_runtime(settings: Any) -> Iterator[None]:
     assert jobs.runner.wait_idle(timeout=30), "a background job is still running after the test"
 
 
+@dataclass
+class RecordedJobs:
+    """Background jobs captured instead of run, so a test decides when each one runs."""
+
+    calls: list[tuple[Any, tuple[Any, ...], float]] = field(default_factory=list)
+
+    def names(self) -> list[str]:
+        return [task.name.rsplit(".", 1)[-1] for task, _, _ in self.calls]
+
+    def run(self, name: str | None = None) -> list[Any]:
+        """Run (and forget) the recorded jobs, or those of one task; jobs they start are recorded too."""
+        selected = [c for c in self.calls if name is None or c[0].name.endswith(f".{name}")]
+        for call in selected:
+            self.calls.remove(call)
+        return [task.run(*args) for task, args, _ in selected]
+
+    def clear(self) -> None:
+        self.calls.clear()
+
+
+@pytest.fixture
+def recorded_jobs(monkeypatch: pytest.MonkeyPatch) -> RecordedJobs:
+    recorded = RecordedJobs()
+    monkeypatch.setattr(
+        jobs, "enqueue", lambda task, *args, countdown=0: recorded.calls.append((task, args, countdown))
+    )
+    return recorded
+
+
 @pytest.fixture
 def lost_tasks(settings: Any) -> Iterator[None]:
     """Jobs go to a broker nobody consumes: every task sent is lost, as in a crash."""

@@ -29,9 +29,7 @@ def populated(integration, make_agent):
         data=services.EscalationInput(external_id="adm", transcript=[{"role": "bot", "text": "hi"}]),
     )
     services.conversation_add_customer_message(conversation=conversation, text="hello", external_message_id="x")
-    offer = dispatch.offer_create(
-        conversation_id=conversation.pk, agent_id=agent.pk, pay_amount=300, pay_currency="usd"
-    )
+    offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
     dispatch.offer_accept(offer_id=offer.pk, agent=agent)
     return conversation
 

@@ -33,9 +33,7 @@ ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 def assign(conversation_id: str, agent) -> Conversation:
     """Given: the conversation offered to and accepted by `agent`."""
-    offer = dispatch.offer_create(
-        conversation_id=conversation_id, agent_id=agent.pk, pay_amount=500, pay_currency="usd"
-    )
+    offer = dispatch.offer_create(conversation_id=conversation_id, agent_id=agent.pk)
     return dispatch.offer_accept(offer_id=offer.pk, agent=agent)
 
 
@@ -199,9 +197,7 @@ def test_message_to_a_closed_conversation_is_409(bot):
 def test_cancel_withdraws_the_offer_and_is_idempotent(bot, make_agent):
     agent = make_agent()
     conversation_id = bot.escalate("c").json()["id"]
-    offer = dispatch.offer_create(
-        conversation_id=conversation_id, agent_id=agent.pk, pay_amount=500, pay_currency="usd"
-    )
+    offer = dispatch.offer_create(conversation_id=conversation_id, agent_id=agent.pk)
 
     first = bot.post(f"/api/v1/escalations/{conversation_id}/cancel")
     again = bot.post(f"/api/v1/escalations/{conversation_id}/cancel")

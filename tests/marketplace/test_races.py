@@ -96,9 +96,7 @@ def test_accept_racing_a_cancel_has_exactly_one_outcome(integration, make_agent)
         conversation, _ = services.conversation_escalate(
             integration=integration, data=services.EscalationInput(external_id=f"ac-{n}")
         )
-        offer = dispatch.offer_create(
-            conversation_id=conversation.pk, agent_id=agent.pk, pay_amount=1, pay_currency="usd"
-        )
+        offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
 
         accept, cancel = together(
             lambda o=offer, a=agent: dispatch.offer_accept(offer_id=o.pk, agent=a),

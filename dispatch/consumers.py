@@ -1,0 +1,211 @@
+"""The agents' WebSocket (../shared/API.md section 4). Thin: parse, call a service, forward.
+
+Close codes: 4401 not authenticated, 4403 not an agent or suspended,
+4408 idle too long (no `ping`), 4429 flooding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+import weakref
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from rest_framework.exceptions import APIException
+
+from marketplace.models import Agent, Conversation
+
+from . import events, selectors, services
+
+logger = logging.getLogger(__name__)
+
+SERVER_ID = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+_open: weakref.WeakSet[AgentConsumer] = weakref.WeakSet()
+_beat: asyncio.Task[None] | None = None
+
+
+async def _heartbeat() -> None:
+    """Say this process is alive, and close sockets that went silent."""
+    while True:
+        try:
+            await database_sync_to_async(services.server_heartbeat)(server_id=SERVER_ID)
+        except Exception:
+            logger.exception("server heartbeat failed")
+        cutoff = time.monotonic() - settings.CONNECTION_IDLE_TIMEOUT_SECONDS
+        for consumer in list(_open):
+            if consumer.last_heard < cutoff:
+                await consumer.close(code=4408)
+        await asyncio.sleep(settings.SERVER_HEARTBEAT_SECONDS)
+
+
+def _ensure_heartbeat() -> None:
+    global _beat
+    loop = asyncio.get_running_loop()
+    if _beat is None or _beat.done() or _beat.get_loop() is not loop:
+        _beat = loop.create_task(_heartbeat())
+
+
+class BadMessage(Exception):
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def _field(content: dict[str, Any], name: str, *, max_length: int = 200, required: bool = True) -> str:
+    value = content.get(name)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise BadMessage("invalid_request", f"{name}: a non-empty string is required.")
+    if len(value) > max_length:
+        raise BadMessage("invalid_request", f"{name}: at most {max_length} characters.")
+    return value
+
+
+class AgentConsumer(AsyncWebsocketConsumer):
+    agent_id: str
+    last_heard: float
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=4401)
+            return
+        agent = await database_sync_to_async(selectors.agent_for_user)(user)
+        if agent is None or agent.approval == Agent.Approval.SUSPENDED:
+            await self.close(code=4403)
+            return
+        self.agent_id = agent.pk
+        self.last_heard = time.monotonic()
+        self.tokens = float(settings.WS_RATE_BURST)
+        self.refilled = self.last_heard
+        self.overflows = 0
+        await self.accept()
+        # Join before taking the snapshot: nothing that happens in between is missed.
+        await self.channel_layer.group_add(events.agent_group(self.agent_id), self.channel_name)
+        await database_sync_to_async(services.connection_open)(
+            agent_id=self.agent_id, channel_name=self.channel_name, server_id=SERVER_ID
+        )
+        _open.add(self)
+        events.bind_socket_loop(asyncio.get_running_loop())
+        _ensure_heartbeat()
+        await self.send_json(await database_sync_to_async(services.hello_payload)(self.agent_id))
+
+    async def disconnect(self, code: int) -> None:
+        if not hasattr(self, "agent_id"):
+            return
+        _open.discard(self)
+        await self.channel_layer.group_discard(events.agent_group(self.agent_id), self.channel_name)
+        await database_sync_to_async(services.connection_close)(channel_name=self.channel_name)
+
+    async def send_json(self, content: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(content, separators=(",", ":")))
+
+    async def agent_event(self, event: dict[str, Any]) -> None:
+        """Forward what the services sent to this agent's group."""
+        await self.send_json(event["payload"])
+
+    def _allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(settings.WS_RATE_BURST, self.tokens + (now - self.refilled) * settings.WS_RATE_PER_SECOND)
+        self.refilled = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        self.last_heard = time.monotonic()
+        kind = None
+        try:
+            if not self._allow():
+                self.overflows += 1
+                if self.overflows > settings.WS_RATE_BURST:
+                    await self.close(code=4429)
+                    return
+                raise BadMessage("rate_limited", f"At most {settings.WS_RATE_PER_SECOND:g} messages a second.")
+            raw = text_data if text_data is not None else (bytes_data or b"").decode("utf-8", "replace")
+            if len(raw) > settings.WS_MAX_MESSAGE_BYTES:
+                raise BadMessage("too_large", f"Messages are limited to {settings.WS_MAX_MESSAGE_BYTES} bytes.")
+            try:
+                content = json.loads(raw)
+            except ValueError:
+                raise BadMessage("invalid_json", "The message is not valid JSON.") from None
+            if not isinstance(content, dict):
+                raise BadMessage("invalid_json", "A message is a JSON object with a `type`.")
+            kind = content.get("type")
+            handler = self.HANDLERS.get(kind) if isinstance(kind, str) else None
+            if handler is None:
+                raise BadMessage("unknown_type", f"Unknown message type: {str(kind)[:50]!r}.")
+            await handler(self, content)
+        except BadMessage as exc:
+            await self.send_json({"type": "error", "code": exc.code, "detail": exc.detail, "ref": kind})
+        except APIException as exc:
+            code = exc.get_codes() if isinstance(exc.get_codes(), str) else "conflict"
+            await self.send_json({"type": "error", "code": code, "detail": str(exc.detail), "ref": kind})
+        except (Conversation.DoesNotExist, Agent.DoesNotExist):
+            await self.send_json({"type": "error", "code": "not_found", "detail": "No such conversation.", "ref": kind})
+
+    async def on_ping(self, content: dict[str, Any]) -> None:
+        await self.send_json({"type": "pong"})
+
+    async def on_presence(self, content: dict[str, Any]) -> None:
+        status = content.get("status")
+        if status not in Agent.Status.values:
+            raise BadMessage("invalid_request", "status: one of online, away, offline.")
+        await database_sync_to_async(services.agent_set_status)(
+            agent_id=self.agent_id, status=status, actor=f"agent:{self.agent_id}"
+        )
+
+    async def on_offer_accept(self, content: dict[str, Any]) -> None:
+        offer_id = _field(content, "offer_id")
+        agent = await self._agent()
+        await database_sync_to_async(services.offer_accept)(offer_id=offer_id, agent=agent)
+
+    async def on_offer_decline(self, content: dict[str, Any]) -> None:
+        offer_id = _field(content, "offer_id")
+        reason = _field(content, "reason", required=False)
+        agent = await self._agent()
+        await database_sync_to_async(services.offer_decline)(offer_id=offer_id, agent=agent, reason=reason)
+        await self.send_json({"type": "offer.declined", "offer_id": offer_id})
+
+    async def on_message_send(self, content: dict[str, Any]) -> None:
+        conversation_id = _field(content, "conversation_id")
+        text = _field(content, "text", max_length=20_000)
+        client_id = _field(content, "client_id")
+        agent = await self._agent()
+        await database_sync_to_async(services.conversation_add_agent_message)(
+            conversation_id=conversation_id, agent=agent, text=text, client_id=client_id
+        )
+
+    async def on_conversation_resolve(self, content: dict[str, Any]) -> None:
+        conversation_id = _field(content, "conversation_id")
+        outcome = content.get("outcome")
+        if outcome not in Conversation.Outcome.values:
+            raise BadMessage("invalid_request", "outcome: one of resolved, unresolved.")
+        note = _field(content, "note", max_length=5_000, required=False)
+        agent = await self._agent()
+        await database_sync_to_async(services.conversation_resolve)(
+            conversation_id=conversation_id, agent=agent, outcome=outcome, note=note
+        )
+
+    async def _agent(self) -> Agent:
+        return await Agent.objects.aget(pk=self.agent_id)
+
+    HANDLERS = {
+        "ping": on_ping,
+        "presence": on_presence,
+        "offer.accept": on_offer_accept,
+        "offer.decline": on_offer_decline,
+        "message.send": on_message_send,
+        "conversation.resolve": on_conversation_resolve,
+    }
