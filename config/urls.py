@@ -1,12 +1,27 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import path, re_path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
 
 from marketplace import api as bot_api
 from marketplace import demo
 
-from . import health
+from . import errors, health
+
+
+class IdConverter:
+    """Our ids are short ASCII (conv_..., ofr_...): anything else is simply not found."""
+
+    regex = "[A-Za-z0-9_-]{1,64}"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(IdConverter, "id")
 
 handler400 = "config.errors.json_bad_request"
 handler404 = "config.errors.json_not_found"
@@ -19,22 +34,24 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/v1/auth/token", obtain_auth_token, name="auth-token"),
     path("api/v1/escalations", bot_api.EscalationCreateApi.as_view(), name="escalation-create"),
-    path("api/v1/escalations/<str:conversation_id>", bot_api.EscalationDetailApi.as_view(), name="escalation-detail"),
+    path("api/v1/escalations/<id:conversation_id>", bot_api.EscalationDetailApi.as_view(), name="escalation-detail"),
     path(
-        "api/v1/escalations/<str:conversation_id>/messages",
+        "api/v1/escalations/<id:conversation_id>/messages",
         bot_api.EscalationMessageApi.as_view(),
         name="escalation-messages",
     ),
     path(
-        "api/v1/escalations/<str:conversation_id>/cancel",
+        "api/v1/escalations/<id:conversation_id>/cancel",
         bot_api.EscalationCancelApi.as_view(),
         name="escalation-cancel",
     ),
     path(
-        "api/v1/escalations/<str:conversation_id>/rating",
+        "api/v1/escalations/<id:conversation_id>/rating",
         bot_api.EscalationRatingApi.as_view(),
         name="escalation-rating",
     ),
     path("demo/bot/callbacks", demo.DemoBotCallbackView.as_view(), name="demo-bot-callbacks"),
     path("admin/", admin.site.urls),
+    # Whatever else is asked of the API is a JSON 404, in development too.
+    re_path(r"^api/", errors.json_not_found),
 ]

@@ -248,6 +248,7 @@ def offer_expire(*, offer_id: str) -> bool:
             )
             return False
         _close_offer(offer, Offer.State.EXPIRED, "no answer in time")
+        events.send_on_commit(offer.agent_id, {"type": "offer.revoked", "offer_id": offer.id, "reason": "expired"})
         agent = Agent.objects.select_for_update().get(pk=offer.agent_id)
         agent.offers_missed += 1
         agent.consecutive_misses += 1
@@ -260,7 +261,6 @@ def offer_expire(*, offer_id: str) -> bool:
                 agent.pk, {"type": "presence", "status": Agent.Status.AWAY, "reason": "missed_offers"}
             )
         agent.save(update_fields=fields)
-        events.send_on_commit(agent.pk, {"type": "offer.revoked", "offer_id": offer.id, "reason": "expired"})
         _back_to_queue(conversation, "system", {"offer_id": offer.id, "expired": True})
         if agent.status == Agent.Status.ONLINE:
             jobs.enqueue_on_commit(tasks.dispatch_agent, agent.pk)

@@ -11,6 +11,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.parsers import AnyContentTypeJSONParser, SafeJSONParser
+
 from . import selectors, services
 from .bot_auth import BotRateThrottle, BotSignatureAuthentication, IsBotIntegration
 from .models import BotIntegration, Conversation
@@ -32,6 +34,7 @@ _ERRORS = {
 
 
 class BotApi(APIView):
+    parser_classes = [SafeJSONParser, AnyContentTypeJSONParser]
     authentication_classes = [BotSignatureAuthentication]
     permission_classes = [IsBotIntegration]
     throttle_classes = [BotRateThrottle]

@@ -27,7 +27,18 @@ def test_valid_signature_is_accepted(bot):
 
 @pytest.mark.parametrize(
     "case",
-    ["no headers", "no signature", "no bot id", "unknown bot", "wrong secret", "tampered body", "garbage", "no v1"],
+    [
+        "no headers",
+        "no signature",
+        "no bot id",
+        "unknown bot",
+        "wrong secret",
+        "tampered body",
+        "garbage",
+        "no v1",
+        "huge t",
+        "negative t",
+    ],  # fmt: skip
 )
 def test_bad_signatures_are_401_and_say_nothing_useful(client, integration, case):
     good = signing.header(integration.secret, BODY)
@@ -40,6 +51,8 @@ def test_bad_signatures_are_401_and_say_nothing_useful(client, integration, case
         "tampered body": {"X-Bot-Id": integration.id, "X-Bot-Signature": good},
         "garbage": {"X-Bot-Id": integration.id, "X-Bot-Signature": "t=abc,v1=zz"},
         "no v1": {"X-Bot-Id": integration.id, "X-Bot-Signature": f"t={int(time.time())}"},
+        "huge t": {"X-Bot-Id": integration.id, "X-Bot-Signature": "t=" + "9" * 400 + ",v1=abc"},
+        "negative t": {"X-Bot-Id": integration.id, "X-Bot-Signature": f"t=-{int(time.time())},v1=abc"},
     }[case]
     body = BODY.replace(b"c-1", b"c-2") if case == "tampered body" else BODY
     response = post(client, headers, body)

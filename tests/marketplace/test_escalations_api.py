@@ -283,16 +283,36 @@ def test_an_integrations_own_limit_overrides_the_default(bot, integration):
     assert [bot.escalate(f"o{n}").status_code for n in range(2)] == [201, 429]
 
 
-def test_wrong_method_and_content_type_are_clear_errors(bot):
+def test_content_type_does_not_matter_but_the_body_must_be_json(bot):
+    form = b"external_id=a"
     response = bot.client.generic(
-        "POST",
-        "/api/v1/escalations",
-        b"external_id=a",
-        content_type="application/x-www-form-urlencoded",
-        headers=bot.headers(b"external_id=a"),
+        "POST", "/api/v1/escalations", form, content_type="application/x-www-form-urlencoded", headers=bot.headers(form)
     )
-    assert response.status_code == 415
-    assert response.json()["error"]["code"] == "unsupported_media_type"
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_json"
+    body = json.dumps({"external_id": "plain"}).encode()
+    response = bot.client.generic(
+        "POST", "/api/v1/escalations", body, content_type="text/plain", headers=bot.headers(body)
+    )
+    assert response.status_code == 201
+
+
+def test_wrong_method_is_405_in_the_error_shape(bot):
     body = json.dumps({}).encode()
     response = bot.client.generic("PUT", "/api/v1/escalations", body, headers=bot.headers(body))
     assert response.status_code == 405
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_json_nested_too_deep_is_400_not_500(bot):
+    raw = b'{"external_id": "deep", "customer": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    response = bot.post("/api/v1/escalations", raw=raw)
+    assert response.status_code in (400, 413)
+    assert not Conversation.objects.exists()
+
+
+@pytest.mark.parametrize("path", ["/api/v1/escalations/abc%00def", "/api/v1/escalations/" + "x" * 65, "/api/v1/nope"])
+def test_odd_ids_and_unknown_api_paths_are_json_404(bot, path):
+    response = bot.get(path)
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
