@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import Any
 
 from celery import Task
 from django.conf import settings
@@ -29,25 +29,32 @@ logger = logging.getLogger(__name__)
 
 
 class InProcessRunner:
-    """A timer heap served by one scheduler thread and a few worker threads."""
+    """A timer heap served by one scheduler thread and a pool of threads per queue."""
 
-    def __init__(self, workers: int = 4) -> None:
-        self._workers = workers
-        self._heap: list[tuple[float, int, Callable[..., Any], tuple[Any, ...]]] = []
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, str, Callable[..., Any], tuple[Any, ...]]] = []
         self._cv = threading.Condition()
         self._seq = itertools.count()
-        self._pool: ThreadPoolExecutor | None = None
+        self._pools: dict[str, ThreadPoolExecutor] = {}
         self._thread: threading.Thread | None = None
         self._running = 0
 
-    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], countdown: float = 0) -> None:
+    def submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], countdown: float = 0, queue: str = "celery"
+    ) -> None:
         with self._cv:
             if self._thread is None or not self._thread.is_alive():
-                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="job")
                 self._thread = threading.Thread(target=self._loop, name="job-timer", daemon=True)
                 self._thread.start()
-            heapq.heappush(self._heap, (time.monotonic() + max(countdown, 0), next(self._seq), fn, args))
+            entry = (time.monotonic() + max(countdown, 0), next(self._seq), queue, fn, args)
+            heapq.heappush(self._heap, entry)
             self._cv.notify_all()
+
+    def _pool(self, queue: str) -> ThreadPoolExecutor:
+        if queue not in self._pools:
+            workers = settings.JOB_THREADS.get(queue, 4)
+            self._pools[queue] = ThreadPoolExecutor(workers, thread_name_prefix=f"job-{queue}")
+        return self._pools[queue]
 
     def clear(self) -> None:
         """Forget every job not yet started (used between tests)."""
@@ -69,9 +76,10 @@ class InProcessRunner:
                 while not self._heap or self._heap[0][0] > time.monotonic():
                     timeout = self._heap[0][0] - time.monotonic() if self._heap else None
                     self._cv.wait(timeout)
-                _, _, fn, args = heapq.heappop(self._heap)
+                _, _, queue, fn, args = heapq.heappop(self._heap)
                 self._running += 1
-            cast(ThreadPoolExecutor, self._pool).submit(self._run, fn, args)
+                pool = self._pool(queue)
+            pool.submit(self._run, fn, args)
 
     def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         close_old_connections()
@@ -89,17 +97,28 @@ class InProcessRunner:
 runner = InProcessRunner()
 
 
+def queue_of(task: Task) -> str:
+    return str(settings.CELERY_TASK_ROUTES.get(task.name, {}).get("queue", settings.CELERY_TASK_DEFAULT_QUEUE))
+
+
 def enqueue(task: Task, *args: Any, countdown: float = 0) -> None:
-    """Start `task(*args)` after `countdown` seconds on the configured runner."""
-    if settings.TASK_RUNNER == "celery":
-        task.apply_async(args=args, countdown=countdown or None)
-    else:
-        runner.submit(task.run, args, countdown)
+    """Start `task(*args)` after `countdown` seconds on the configured runner.
+
+    Never raises: what was committed stays committed, and the periodic sweepers
+    start whatever could not be sent now (a broker outage, say).
+    """
+    try:
+        if settings.TASK_RUNNER == "celery":
+            task.apply_async(args=args, countdown=countdown or None)
+        else:
+            runner.submit(task.run, args, countdown, queue_of(task))
+    except Exception:
+        logger.exception("could not start %s%r; the sweeper will", task.name, args)
 
 
 def enqueue_on_commit(task: Task, *args: Any, countdown: float = 0) -> None:
     """Start the task once the current transaction commits (never before)."""
-    transaction.on_commit(lambda: enqueue(task, *args, countdown=countdown))
+    transaction.on_commit(lambda: enqueue(task, *args, countdown=countdown), robust=True)
 
 
 def start_periodic_jobs() -> None:

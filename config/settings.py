@@ -169,6 +169,11 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Callbacks wait on other people's servers: they get their own queue (and
+# workers), so a slow bot never delays offers to agents.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_ROUTES = {"marketplace.tasks.deliver_callbacks": {"queue": "callbacks"}}
+JOB_THREADS = {"celery": env_int("JOB_THREADS", 4), "callbacks": env_int("CALLBACK_THREADS", 8)}
 
 # Periodic jobs. Celery beat runs them in production (django-celery-beat copies
 # this schedule into the database, where admins can change it); the embedded
@@ -261,6 +266,9 @@ CALLBACK_BACKOFF_MAX_SECONDS = env_float("CALLBACK_BACKOFF_MAX_SECONDS", 900)
 # A delivery that has not reported back within this lease is taken as lost
 # (a crashed worker) and handed to the next attempt.
 CALLBACK_LEASE_SECONDS = env_float("CALLBACK_LEASE_SECONDS", CALLBACK_TIMEOUT_SECONDS * 3)
+# A delivery job started this long ago that has not run yet is taken as lost (a
+# broker outage) and started again by the sweeper.
+CALLBACK_REKICK_SECONDS = env_float("CALLBACK_REKICK_SECONDS", 60)
 
 # Dispatch
 SKILL_WIDEN_AFTER_SECONDS = env_float("SKILL_WIDEN_AFTER_SECONDS", 60)

@@ -51,7 +51,7 @@ def send(agent_id: str, payload: dict[str, Any]) -> None:
 
 
 def send_on_commit(agent_id: str, payload: dict[str, Any]) -> None:
-    transaction.on_commit(lambda: send(agent_id, payload))
+    transaction.on_commit(lambda: send(agent_id, payload), robust=True)
 
 
 def message_payload(message: Message) -> dict[str, Any]:

@@ -53,6 +53,8 @@ def callback_enqueue(*, conversation: Conversation, type: str, data: dict[str, A
         seq=seq,
         type=type,
         next_attempt_at=now,
+        kicked_at=now,
+        max_attempts=settings.CALLBACK_MAX_ATTEMPTS,
         payload={},
     )
     event.payload = {
@@ -85,10 +87,11 @@ def _claim_head(conversation_id: str) -> CallbackEvent | None:
     )
     if head is None or head.next_attempt_at > now:
         return None
+    lease = max(settings.CALLBACK_LEASE_SECONDS, settings.CALLBACK_TIMEOUT_SECONDS * 2)
     claimed = (
         CallbackEvent.objects.filter(pk=head.pk, state=CallbackEvent.State.PENDING, next_attempt_at__lte=now)
         .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-        .update(lease_until=now + timedelta(seconds=settings.CALLBACK_LEASE_SECONDS), attempts=F("attempts") + 1)
+        .update(lease_until=now + timedelta(seconds=lease), attempts=F("attempts") + 1)
     )
     if not claimed:
         return None  # another worker holds it
@@ -142,21 +145,23 @@ def _record(event: CallbackEvent, outcome: _Outcome, started_at: Any) -> float |
         error=outcome.error,
     )
     now = timezone.now()
+    # Only the holder of this claim may settle it: a worker that outlived its
+    # lease must not overwrite what the next attempt decided.
+    mine = CallbackEvent.objects.filter(
+        pk=event.pk, state=CallbackEvent.State.PENDING, attempts=event.attempts, lease_until=event.lease_until
+    )
     if outcome.ok:
-        CallbackEvent.objects.filter(pk=event.pk).update(
-            state=CallbackEvent.State.DELIVERED, delivered_at=now, lease_until=None, last_error=""
-        )
+        if not mine.update(state=CallbackEvent.State.DELIVERED, delivered_at=now, lease_until=None, last_error=""):
+            logger.warning("callback %s delivered after its lease ran out (the bot dedupes on the id)", event.id)
         return None
-    if event.attempts >= settings.CALLBACK_MAX_ATTEMPTS:
-        CallbackEvent.objects.filter(pk=event.pk).update(
-            state=CallbackEvent.State.DEAD, lease_until=None, last_error=outcome.error
-        )
+    if event.attempts >= event.max_attempts:
+        mine.update(state=CallbackEvent.State.DEAD, lease_until=None, last_error=outcome.error)
         logger.warning("callback %s dead after %s attempts: %s", event.id, event.attempts, outcome.error)
         return 0.0  # the next event of the conversation may go now
     delay = backoff_seconds(event.attempts)
-    CallbackEvent.objects.filter(pk=event.pk).update(
-        next_attempt_at=now + timedelta(seconds=delay), lease_until=None, last_error=outcome.error
-    )
+    retry_at = now + timedelta(seconds=delay)
+    if not mine.update(next_attempt_at=retry_at, kicked_at=retry_at, lease_until=None, last_error=outcome.error):
+        return None
     return delay
 
 
@@ -176,15 +181,29 @@ def callbacks_deliver(*, conversation_id: str) -> int:
 
 
 def callbacks_sweep(*, limit: int = 500) -> int:
-    """Start delivery for every conversation with a due event nobody is delivering."""
+    """Start delivery for every conversation with a due event that nothing is delivering.
+
+    An event whose job was started recently (kicked_at) is left to that job, so a
+    backlog of queued jobs does not grow more duplicates every sweep; an expired
+    lease means the worker holding it died, and is taken over at once.
+    """
     now = timezone.now()
+    stale = now - timedelta(seconds=settings.CALLBACK_REKICK_SECONDS)
     due = (
         CallbackEvent.objects.filter(state=CallbackEvent.State.PENDING, next_attempt_at__lte=now)
-        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+        .filter(
+            # a claim whose lease ran out (its worker died), or a job started long ago and never run
+            Q(lease_until__lt=now)
+            | Q(lease_until__isnull=True, kicked_at__isnull=True)
+            | Q(lease_until__isnull=True, kicked_at__lt=stale)
+        )
         .values_list("conversation_id", flat=True)
         .distinct()[:limit]
     )
     conversation_ids = list(due)
+    CallbackEvent.objects.filter(conversation_id__in=conversation_ids, state=CallbackEvent.State.PENDING).update(
+        kicked_at=now
+    )
     for conversation_id in conversation_ids:
         jobs.enqueue(tasks.deliver_callbacks, conversation_id)
     return len(conversation_ids)
@@ -192,13 +211,14 @@ def callbacks_sweep(*, limit: int = 500) -> int:
 
 @transaction.atomic
 def callback_retry(*, event_id: str) -> CallbackEvent:
-    """Admin: give a dead event a fresh set of attempts."""
+    """Admin: give a dead event a fresh set of attempts (numbering goes on from the last)."""
     event = CallbackEvent.objects.select_for_update().get(pk=event_id)
-    if event.state != CallbackEvent.State.DELIVERED:
+    if event.state == CallbackEvent.State.DEAD:
+        now = timezone.now()
         event.state = CallbackEvent.State.PENDING
-        event.attempts = 0
-        event.next_attempt_at = timezone.now()
+        event.max_attempts = event.attempts + settings.CALLBACK_MAX_ATTEMPTS
+        event.next_attempt_at = event.kicked_at = now
         event.lease_until = None
-        event.save(update_fields=["state", "attempts", "next_attempt_at", "lease_until"])
+        event.save(update_fields=["state", "max_attempts", "next_attempt_at", "kicked_at", "lease_until"])
         jobs.enqueue_on_commit(tasks.deliver_callbacks, event.conversation_id)
     return event

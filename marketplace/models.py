@@ -277,7 +277,10 @@ class CallbackEvent(models.Model):
     payload = models.JSONField()
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     attempts = models.PositiveSmallIntegerField(default=0)
+    max_attempts = models.PositiveSmallIntegerField(help_text="Dead-lettered after this many attempts")
     next_attempt_at = models.DateTimeField()
+    # When a delivery job was last started for it: the sweeper leaves alone what is already on its way.
+    kicked_at = models.DateTimeField(null=True, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)

@@ -68,7 +68,16 @@ def daphne(env: dict[str, str], log: Path) -> Iterator[str]:
 
 @contextmanager
 def celery_worker(env: dict[str, str], log: Path, concurrency: int = 2) -> Iterator[subprocess.Popen[bytes]]:
-    args = [str(BIN / "celery"), "-A", "config", "worker", "--loglevel=info", f"--concurrency={concurrency}"]
+    args = [
+        str(BIN / "celery"),
+        "-A",
+        "config",
+        "worker",
+        "-Q",
+        "celery,callbacks",
+        "--loglevel=info",
+        f"--concurrency={concurrency}",
+    ]
     with running(args, env, log) as proc:
         deadline = time.monotonic() + 60
         while b"ready." not in log.read_bytes():

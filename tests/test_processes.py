@@ -65,7 +65,7 @@ def test_a_lost_task_is_recovered_by_celery_beats_sweeper(integration, callback_
         integration=integration, data=services.EscalationInput(external_id="lost")
     )
     assert CallbackEvent.objects.filter(state="pending", next_attempt_at__lte=timezone.now()).count() == 1
-    env = service_env(CALLBACK_SWEEP_SECONDS="1")
+    env = service_env(CALLBACK_SWEEP_SECONDS="1", CALLBACK_REKICK_SECONDS="2")
 
     with celery_worker(env, tmp_path / "worker.log"), celery_beat(env, tmp_path / "beat.log", tmp_path):
         event = wait_for(lambda: CallbackEvent.objects.filter(state="delivered").first(), timeout=45)

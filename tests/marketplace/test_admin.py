@@ -38,11 +38,12 @@ def test_every_registered_model_lists_and_opens(admin_client, populated):
     for model in admin.site._registry:
         meta = model._meta
         listing = admin_client.get(reverse(f"admin:{meta.app_label}_{meta.model_name}_changelist"))
-        assert listing.status_code == 200, meta.label
+        assert listing.status_code == 200, (meta.label, listing.get("Location"))
         instance = model.objects.first()
         if instance is not None:
             detail = admin_client.get(reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[instance.pk]))
-            assert detail.status_code == 200, meta.label
+            messages = [str(m) for m in detail.wsgi_request._messages] if detail.status_code != 200 else []
+            assert detail.status_code == 200, (meta.label, instance.pk, detail.get("Location"), messages)
 
 
 def test_conversation_states_are_read_only_in_admin(admin_client, populated):
@@ -74,10 +75,10 @@ def test_cancel_action_uses_the_service(admin_client, populated):
 
 def test_retry_action_revives_a_dead_callback(admin_client, populated):
     event = CallbackEvent.objects.filter(conversation=populated).first()
-    CallbackEvent.objects.filter(pk=event.pk).update(state="dead", attempts=12)
+    CallbackEvent.objects.filter(pk=event.pk).update(state="dead", attempts=12, max_attempts=12)
     admin_client.post(
         reverse("admin:marketplace_callbackevent_changelist"), {"action": "retry", "_selected_action": [event.pk]}
     )
     event.refresh_from_db()
-    assert (event.state, event.attempts) == ("pending", 0)
+    assert (event.state, event.attempts, event.max_attempts) == ("pending", 12, 24)
     assert Conversation.objects.get().status == "assigned"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from marketplace import callbacks, signing
 from marketplace.models import CallbackAttempt, CallbackEvent, Conversation
@@ -140,8 +142,9 @@ def test_dead_event_can_be_retried_by_an_admin(receiving_bot, callback_receiver,
     callbacks.callback_retry(event_id=event.pk)
 
     event = wait_for(lambda: delivered("conversation.queued"))
-    assert event.attempts == 1
-    assert CallbackAttempt.objects.filter(event=event).count() == fast_retries.CALLBACK_MAX_ATTEMPTS + 1
+    assert event.attempts == fast_retries.CALLBACK_MAX_ATTEMPTS + 1
+    numbers = list(CallbackAttempt.objects.filter(event=event).order_by("number").values_list("number", flat=True))
+    assert numbers == list(range(1, fast_retries.CALLBACK_MAX_ATTEMPTS + 2))
 
 
 def test_backoff_grows_and_is_jittered(settings):
@@ -169,3 +172,31 @@ def test_nothing_is_sent_for_a_rolled_back_change(receiving_bot, callback_receiv
     time.sleep(0.3)
     assert not Conversation.objects.exists()
     assert callback_receiver.received == []
+
+
+def test_the_sweeper_does_not_pile_up_jobs_for_events_already_on_their_way(receiving_bot, lost_tasks):
+    receiving_bot.escalate("queued-job")  # its delivery job is queued (and, here, never runs)
+
+    assert callbacks.callbacks_sweep() == 0  # started just now: left to that job
+
+    CallbackEvent.objects.update(kicked_at=timezone.now() - timedelta(minutes=2))
+    assert callbacks.callbacks_sweep() == 1
+    assert callbacks.callbacks_sweep() == 0  # and not again right away
+
+
+def test_a_worker_that_outlived_its_lease_cannot_overwrite_the_next_attempt(
+    receiving_bot, callback_receiver, lost_tasks
+):
+    receiving_bot.escalate("slow-worker")
+    slow = callbacks._claim_head(CallbackEvent.objects.get().conversation_id)
+    # The lease runs out; another worker claims the event and delivers it.
+    CallbackEvent.objects.update(lease_until=timezone.now() - timedelta(seconds=1))
+    fast = callbacks._claim_head(slow.conversation_id)
+    callbacks._record(fast, callbacks._Outcome(True, 200, "", 5), timezone.now())
+
+    # The slow worker finally fails: it must not turn the delivered event back into a retry.
+    callbacks._record(slow, callbacks._Outcome(False, 500, "HTTP 500", 9000), timezone.now())
+
+    event = CallbackEvent.objects.get()
+    assert (event.state, event.attempts) == ("delivered", 2)
+    assert CallbackAttempt.objects.count() == 2
