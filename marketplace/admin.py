@@ -98,10 +98,10 @@ class BotIntegrationAdmin(admin.ModelAdmin):
     list_display = ("name", "id", "callback_url", "active", "rate_limit_per_minute", "created_at")
     list_filter = ("active",)
     search_fields = ("name", "id", "callback_url")
-    readonly_fields = ("id", "secret", "created_at")
+    readonly_fields = ("id", "secret", "previous_secret", "previous_secret_expires_at", "created_at")
     actions = ("rotate_secret",)
 
-    @admin.action(description="Rotate the signing secret")
+    @admin.action(description="Rotate the signing secret (the old one works for a day)")
     def rotate_secret(self, request: HttpRequest, queryset: QuerySet[BotIntegration]) -> None:
         for integration in queryset:
             services.integration_rotate_secret(integration_id=integration.pk)

@@ -110,8 +110,11 @@ class EscalationCancelApi(BotApi):
     @extend_schema(
         operation_id="escalation_cancel",
         request=None,
-        responses={200: ConversationOutputSerializer, 409: OpenApiResponse(description="Already resolved"), **_ERRORS},
-        description="The customer left. Any offer is withdrawn. Cancelling twice is harmless.",
+        responses={200: ConversationOutputSerializer, **_ERRORS},
+        description=(
+            "The customer left. Any offer is withdrawn and the agent's chat is closed. "
+            "On a conversation already closed it changes nothing and answers 200 with it as it is."
+        ),
     )
     def post(self, request: Request, conversation_id: str) -> Response:
         conversation = self.conversation(conversation_id)

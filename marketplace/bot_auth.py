@@ -59,9 +59,10 @@ class BotSignatureAuthentication(authentication.BaseAuthentication):
         integration = BotIntegration.objects.filter(pk=bot_id, active=True).first()
         # Verify against a throwaway secret when the id is unknown, so the reply
         # takes as long and says the same as for a wrong signature.
-        secret = integration.secret if integration else "unknown-integration"
-        valid = signing.verify(secret, body, signature, settings.BOT_SIGNATURE_TOLERANCE_SECONDS)
-        if integration is None or not valid:
+        candidates = integration.valid_secrets() if integration else ["unknown-integration"]
+        tolerance = settings.BOT_SIGNATURE_TOLERANCE_SECONDS
+        valid = [signing.verify(secret, body, signature, tolerance) for secret in candidates]
+        if integration is None or not any(valid):
             raise exceptions.AuthenticationFailed(_FAILED)
         return BotPrincipal(integration), integration
 

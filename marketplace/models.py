@@ -7,11 +7,20 @@ view or admin assigns a state field directly.
 from __future__ import annotations
 
 import secrets
+from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models import Q
+
+
+def validate_callback_url(value: str) -> None:
+    """http(s) with a host; single-label hosts (a Docker or Kubernetes service name) are fine."""
+    parsed = urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or any(c.isspace() for c in value):
+        raise ValidationError("Enter an http:// or https:// URL with a host.", code="invalid")
 
 
 def _new_id(prefix: str) -> str:
@@ -109,7 +118,11 @@ class BotIntegration(models.Model):
     id = models.CharField(primary_key=True, max_length=32, default=new_integration_id, editable=False)
     name = models.CharField(max_length=120)
     secret = models.CharField(max_length=80, default=new_integration_secret)
-    callback_url = models.URLField(max_length=500)
+    # During a rotation the previous secret stays valid until it expires, both
+    # for the bot's requests and (as a second v1 signature) for our callbacks.
+    previous_secret = models.CharField(max_length=80, blank=True)
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
+    callback_url = models.CharField(max_length=500, validators=[validate_callback_url])
     active = models.BooleanField(default=True)
     rate_limit_per_minute = models.PositiveIntegerField(
         null=True, blank=True, help_text="Requests per minute; empty means the platform default."
@@ -118,6 +131,14 @@ class BotIntegration(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.id})"
+
+    def valid_secrets(self) -> list[str]:
+        from django.utils import timezone
+
+        expires = self.previous_secret_expires_at
+        if self.previous_secret and expires and expires > timezone.now():
+            return [self.secret, self.previous_secret]
+        return [self.secret]
 
 
 class Conversation(models.Model):

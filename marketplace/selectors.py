@@ -1,6 +1,6 @@
 """Reads: conversations for an integration, queue position and the wait estimate.
 
-How the wait estimate is made (also in docs/ESTIMATES.md):
+How the wait estimate is made (also in docs/BOT_API.md):
 
 * The pool is the approved agents online now who speak the conversation's
   language (any language when it has none). `slots` is their total capacity,

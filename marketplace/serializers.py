@@ -10,40 +10,65 @@ from . import selectors
 from .models import Conversation, Message
 
 
+class StrictCharField(serializers.CharField):
+    """A string, not a number or a boolean quietly turned into one."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return str(super().to_internal_value(data))
+
+
+class StrictRegexField(serializers.RegexField):
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return str(super().to_internal_value(data))
+
+
 class CustomerSerializer(serializers.Serializer):
-    id = serializers.CharField(max_length=200, required=False, allow_blank=True)
-    name = serializers.CharField(max_length=200, required=False, allow_blank=True)
-    locale = serializers.CharField(max_length=35, required=False, allow_blank=True)
+    """Known fields are checked; other short scalar fields the bot sends are kept as they are."""
+
+    id = StrictCharField(max_length=200, required=False, allow_blank=True)
+    name = StrictCharField(max_length=200, required=False, allow_blank=True)
+    locale = StrictCharField(max_length=35, required=False, allow_blank=True)
     email = serializers.EmailField(required=False, allow_blank=True)
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        validated = dict(super().to_internal_value(data))
+        extras = {
+            str(key)[:64]: value
+            for key, value in data.items()
+            if key not in self.fields and isinstance(value, (str, int, float, bool)) and len(str(value)) <= 500
+        }
+        return {**dict(list(extras.items())[:20]), **validated}
 
 
 class TranscriptEntrySerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=["customer", "bot", "agent", "system"])
-    text = serializers.CharField(max_length=20_000, allow_blank=True, trim_whitespace=False)
+    text = StrictCharField(max_length=20_000, allow_blank=True, trim_whitespace=False)
     at = serializers.DateTimeField(required=False)
 
 
 class EscalationInputSerializer(serializers.Serializer):
-    external_id = serializers.CharField(max_length=200)
-    language = serializers.RegexField(
-        r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$", max_length=16, required=False, allow_blank=True
-    )
-    topic = serializers.CharField(max_length=64, required=False, allow_blank=True)
+    external_id = StrictCharField(max_length=200)
+    language = StrictRegexField(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$", max_length=16, required=False, allow_blank=True)
+    topic = StrictCharField(max_length=64, required=False, allow_blank=True)
     priority = serializers.ChoiceField(choices=Conversation.Priority.choices, default=Conversation.Priority.NORMAL)
-    reason = serializers.CharField(max_length=64, required=False, allow_blank=True)
+    reason = StrictCharField(max_length=64, required=False, allow_blank=True)
     customer = CustomerSerializer(required=False)
-    summary = serializers.CharField(max_length=5_000, required=False, allow_blank=True)
+    summary = StrictCharField(max_length=5_000, required=False, allow_blank=True)
     transcript = TranscriptEntrySerializer(many=True, required=False, max_length=1_000)
 
 
 class MessageInputSerializer(serializers.Serializer):
-    text = serializers.CharField(max_length=20_000, trim_whitespace=False)
-    external_message_id = serializers.CharField(max_length=200, required=False, allow_blank=False)
+    text = StrictCharField(max_length=20_000, trim_whitespace=False)
+    external_message_id = StrictCharField(max_length=200, required=False, allow_blank=False)
 
 
 class RatingInputSerializer(serializers.Serializer):
     score = serializers.IntegerField(min_value=1, max_value=5)
-    comment = serializers.CharField(max_length=5_000, required=False, allow_blank=True, default="")
+    comment = StrictCharField(max_length=5_000, required=False, allow_blank=True, default="")
 
 
 class AgentPublicSerializer(serializers.Serializer):

@@ -7,11 +7,13 @@ the transaction commits.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -133,7 +135,7 @@ def conversation_escalate(*, integration: BotIntegration, data: EscalationInput)
             conversation = Conversation.objects.create(
                 integration=integration,
                 external_id=data.external_id,
-                language=data.language.lower(),
+                language=primary_language(data.language),
                 topic=data.topic.lower(),
                 priority=data.priority,
                 reason=data.reason,
@@ -196,16 +198,15 @@ def agent_release_slot(agent_id: str) -> None:
 def conversation_cancel(*, conversation_id: str, actor: str, reason: str = "customer_left") -> Conversation:
     """The customer left: withdraw any offer, free the agent, tell everyone.
 
-    Cancelling a cancelled conversation is a no-op; a resolved or abandoned one
-    cannot be cancelled.
+    On a conversation that is already closed (cancelled, resolved, abandoned)
+    it changes nothing and returns it as it is: the customer leaving after the
+    end is not an error.
     """
     from dispatch import services as dispatch_services  # dispatch builds on this module
 
     conversation = _locked(conversation_id)
-    if conversation.status == Conversation.Status.CANCELLED:
-        return conversation
     if conversation.is_closed:
-        raise ConversationClosed()
+        return conversation
     dispatch_services.offers_revoke_for_conversation(conversation=conversation, reason="cancelled")
     agent_id = conversation.assigned_agent_id if conversation.status == Conversation.Status.ASSIGNED else None
     conversation_transition(
@@ -257,10 +258,45 @@ def agent_set_approval(*, agent_id: str, approval: str, actor: str) -> Agent:
 
 @transaction.atomic
 def integration_rotate_secret(*, integration_id: str) -> BotIntegration:
+    """A new secret; the old one keeps working for SECRET_ROTATION_OVERLAP_SECONDS."""
     integration = BotIntegration.objects.select_for_update().get(pk=integration_id)
+    integration.previous_secret = integration.secret
+    integration.previous_secret_expires_at = timezone.now() + timedelta(
+        seconds=settings.SECRET_ROTATION_OVERLAP_SECONDS
+    )
     integration.secret = new_integration_secret()
-    integration.save(update_fields=["secret"])
+    integration.save(update_fields=["secret", "previous_secret", "previous_secret_expires_at"])
     return integration
+
+
+@dataclass(frozen=True)
+class IntegrationInput:
+    name: str
+    callback_url: str
+    rate_limit_per_minute: int | None = None
+
+
+@transaction.atomic
+def integration_set_callback_url(*, integration_id: str, url: str) -> BotIntegration:
+    integration = BotIntegration.objects.select_for_update().get(pk=integration_id)
+    integration.callback_url = url
+    integration.full_clean()
+    integration.save(update_fields=["callback_url"])
+    return integration
+
+
+def integration_create(*, data: IntegrationInput) -> BotIntegration:
+    integration = BotIntegration(
+        name=data.name, callback_url=data.callback_url, rate_limit_per_minute=data.rate_limit_per_minute
+    )
+    integration.full_clean()
+    integration.save(force_insert=True)
+    return integration
+
+
+def primary_language(tag: str) -> str:
+    """ "sv-SE" -> "sv": agents speak languages, and the region does not decide who can help."""
+    return tag.strip().replace("_", "-").split("-")[0].lower()
 
 
 def _codes(values: list[str]) -> list[str]:
@@ -277,11 +313,38 @@ class AgentInput:
     display_name: str = ""
 
 
-@transaction.atomic
-def agent_upsert(*, data: AgentInput, approved: bool = True) -> Agent:
-    """Create an agent able to log in, or update the one with this username."""
+def check_agent_input(data: AgentInput) -> None:
+    """Raise ValidationError naming what is wrong (username, display name, capacity, languages)."""
     from django.contrib.auth import get_user_model
 
+    errors: dict[str, list[str]] = {}
+    username_field = get_user_model()._meta.get_field("username")
+    try:
+        username_field.clean(data.username, None)
+    except ValidationError as exc:
+        errors["username"] = exc.messages
+    if len(data.display_name) > 80:
+        errors["display_name"] = ["At most 80 characters."]
+    if not 1 <= data.capacity <= 20:
+        errors["capacity"] = ["Between 1 and 20."]
+    if any(not re.fullmatch(r"[a-z]{2,3}", primary_language(v)) for v in data.languages if v.strip()):
+        errors["languages"] = ["ISO 639 codes such as en, sv, pt-BR."]
+    if any(len(v) > 64 for v in data.skills):
+        errors["skills"] = ["At most 64 characters each."]
+    if errors:
+        raise ValidationError(errors)
+
+
+@transaction.atomic
+def agent_upsert(*, data: AgentInput) -> Agent:
+    """Create an approved agent able to log in, or update the one with this username.
+
+    Updating leaves its approval alone: resetting a suspended agent's password
+    does not re-approve it.
+    """
+    from django.contrib.auth import get_user_model
+
+    check_agent_input(data)
     user, _ = get_user_model().objects.get_or_create(username=data.username)
     user.set_password(data.password)
     user.save()
@@ -289,10 +352,16 @@ def agent_upsert(*, data: AgentInput, approved: bool = True) -> Agent:
         user=user,
         defaults={
             "display_name": data.display_name or data.username,
-            "languages": _codes(data.languages),
+            "languages": _codes([primary_language(v) for v in data.languages]),
             "skills": _codes(data.skills),
             "capacity": data.capacity,
-            **({"approval": Agent.Approval.APPROVED} if approved else {}),
+        },
+        create_defaults={
+            "display_name": data.display_name or data.username,
+            "languages": _codes([primary_language(v) for v in data.languages]),
+            "skills": _codes(data.skills),
+            "capacity": data.capacity,
+            "approval": Agent.Approval.APPROVED,
         },
     )
     return agent
@@ -311,6 +380,7 @@ def agents_create_bulk(*, prefix: str, count: int, template: AgentInput) -> list
 
     user_model = get_user_model()
     usernames = [f"{prefix}{n}" for n in range(1, count + 1)]
+    check_agent_input(replace(template, username=usernames[-1]))
     taken = set(user_model.objects.filter(username__in=usernames).values_list("username", flat=True))
     if taken:
         raise ValueError(f"usernames exist already: {', '.join(sorted(taken)[:5])}")
@@ -322,7 +392,7 @@ def agents_create_bulk(*, prefix: str, count: int, template: AgentInput) -> list
             Agent(
                 user=user,
                 display_name=user.username,
-                languages=_codes(template.languages),
+                languages=_codes([primary_language(v) for v in template.languages]),
                 skills=_codes(template.skills),
                 capacity=template.capacity,
                 approval=Agent.Approval.APPROVED,

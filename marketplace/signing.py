@@ -16,9 +16,11 @@ def compute(secret: str, timestamp: int, body: bytes) -> str:
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
-def header(secret: str, body: bytes, timestamp: int | None = None) -> str:
+def header(secret: str | list[str], body: bytes, timestamp: int | None = None) -> str:
+    """One v1 per secret: during a rotation the receiver may still know only the old one."""
     t = int(time.time()) if timestamp is None else timestamp
-    return f"t={t},v1={compute(secret, t, body)}"
+    secrets = [secret] if isinstance(secret, str) else secret
+    return f"t={t}," + ",".join(f"v1={compute(s, t, body)}" for s in secrets)
 
 
 def verify(secret: str, body: bytes, signature_header: str, tolerance: int, now: float | None = None) -> bool:

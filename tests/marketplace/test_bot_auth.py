@@ -100,3 +100,22 @@ def test_signing_roundtrip_and_tolerance():
     assert not signing.verify("s3cret", b"{}", header, tolerance=300, now=1_301)
     assert not signing.verify("s3cret", b"{ }", header, tolerance=300, now=1_000)
     assert not signing.verify("other", b"{}", header, tolerance=300, now=1_000)
+
+
+def test_after_a_rotation_the_old_secret_works_until_it_expires(bot, integration):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from marketplace import services
+
+    old = integration.secret
+    rotated = services.integration_rotate_secret(integration_id=integration.pk)
+    assert rotated.secret != old
+    assert bot.post("/api/v1/escalations", raw=BODY, secret=old).status_code == 201
+    assert bot.post("/api/v1/escalations", raw=BODY.replace(b"c-1", b"c-2"), secret=rotated.secret).status_code == 201
+
+    type(integration).objects.filter(pk=integration.pk).update(
+        previous_secret_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert bot.post("/api/v1/escalations", raw=BODY.replace(b"c-1", b"c-3"), secret=old).status_code == 401

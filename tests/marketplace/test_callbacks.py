@@ -200,3 +200,19 @@ def test_a_worker_that_outlived_its_lease_cannot_overwrite_the_next_attempt(
     event = CallbackEvent.objects.get()
     assert (event.state, event.attempts) == ("delivered", 2)
     assert CallbackAttempt.objects.count() == 2
+
+
+def test_during_a_rotation_callbacks_carry_a_signature_for_each_secret(receiving_bot, callback_receiver, fast_retries):
+    from marketplace import services
+
+    old = receiving_bot.integration.secret
+    new = services.integration_rotate_secret(integration_id=receiving_bot.integration.pk).secret
+    receiving_bot.integration.secret = new
+    receiving_bot.escalate("rotating")
+
+    wait_for(lambda: delivered("conversation.queued"))
+    request = callback_receiver.received[0]
+    header = request.headers["x-platform-signature"]
+    assert header.count("v1=") == 2
+    assert signing.verify(old, request.body, header, tolerance=300)
+    assert signing.verify(new, request.body, header, tolerance=300)

@@ -108,3 +108,39 @@ def test_seed_demo_is_idempotent():
     assert first["integration"] == again["integration"]
     assert BotIntegration.objects.count() == 1
     assert Agent.objects.count() == len(first["agents"]) == 3
+
+
+def test_a_service_name_is_a_fine_callback_host():
+    result = run("create_bot_integration", "in-cluster", "--callback-url", "http://botsvc:8080/cb")
+    assert BotIntegration.objects.get(pk=result["id"]).callback_url == "http://botsvc:8080/cb"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("create_bot_integration", "x" * 200, "--callback-url", "https://bot.example.com"),
+        ("create_bot_integration", "x", "--callback-url", "https://bot.example.com", "--rate-limit", "-5"),
+        ("create_agent", "bad user!", "--password", "s3cret-pass"),
+        ("create_agent", "u" * 200, "--password", "s3cret-pass"),
+        ("create_agent", "ok", "--password", "s3cret-pass", "--display-name", "d" * 100),
+        ("create_agent", "ok", "--password", "s3cret-pass", "--languages", "english"),
+        ("create_agents", "--prefix", "bad prefix ", "--count", "2", "--password", "P-assw0rd"),
+    ],
+)
+def test_bad_arguments_are_a_clear_error_not_a_traceback(args):
+    with pytest.raises(CommandError):
+        run(*args)
+    assert not Agent.objects.exists()
+
+
+def test_create_agent_does_not_reapprove_a_suspended_agent():
+    first = run("create_agent", "anna", "--password", "s3cret-pass")
+    Agent.objects.filter(pk=first["id"]).update(approval="suspended")
+    run("create_agent", "anna", "--password", "new-pass-123")
+    assert Agent.objects.get().approval == "suspended"
+
+
+def test_seed_demo_follows_the_address_it_runs_on():
+    run("seed_demo")
+    run("seed_demo", "--base-url", "http://127.0.0.1:9000")
+    assert BotIntegration.objects.get().callback_url == "http://127.0.0.1:9000/demo/bot/callbacks"

@@ -253,14 +253,16 @@ def test_rating_score_must_be_1_to_5(bot, score):
     assert response.json()["error"]["field"] == "score"
 
 
-def test_cancel_after_resolution_is_409(bot, make_agent):
+def test_cancel_after_resolution_is_200_and_changes_nothing(bot, make_agent):
     agent = make_agent()
     conversation_id = bot.escalate("x").json()["id"]
     assign(conversation_id, agent)
     dispatch.conversation_resolve(conversation_id=conversation_id, agent=agent, outcome="resolved")
     response = bot.post(f"/api/v1/escalations/{conversation_id}/cancel")
-    assert response.status_code == 409
+    assert response.status_code == 200
+    assert response.json()["status"] == "resolved"
     assert Conversation.objects.get(pk=conversation_id).status == "resolved"
+    assert not CallbackEvent.objects.filter(conversation_id=conversation_id, type="conversation.cancelled").exists()
 
 
 @override_settings(BOT_RATE_LIMIT_PER_MINUTE=3)
@@ -316,3 +318,30 @@ def test_odd_ids_and_unknown_api_paths_are_json_404(bot, path):
     response = bot.get(path)
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+def test_region_tagged_languages_match_agents_of_the_language(bot, make_agent):
+    make_agent(languages=("sv",))
+    body = bot.escalate("region", language="sv-SE").json()
+    assert Conversation.objects.get(pk=body["id"]).language == "sv"
+    assert body["wait_estimate_basis"] == "free_capacity"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"external_id": 123}, "external_id"),
+        ({"external_id": "a", "summary": 5}, "summary"),
+        ({"external_id": "a", "topic": True}, "topic"),
+        ({"external_id": "a", "customer": {"name": ["x"]}}, "customer.name"),
+    ],
+)
+def test_wrong_types_are_refused_not_coerced(bot, body, field):
+    response = bot.post("/api/v1/escalations", body)
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == field
+
+
+def test_extra_customer_fields_are_kept(bot):
+    body = bot.escalate("extra", customer={"name": "Anna", "phone": "+46 70", "tier": 3}).json()
+    assert Conversation.objects.get(pk=body["id"]).customer == {"name": "Anna", "phone": "+46 70", "tier": 3}

@@ -1,6 +1,7 @@
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from marketplace import services
 
@@ -23,14 +24,17 @@ class Command(BaseCommand):
         parser.add_argument("--display-name", default="")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        agent = services.agent_upsert(
-            data=services.AgentInput(
-                username=options["username"],
-                password=options["password"],
-                languages=options["languages"].split(","),
-                skills=options["skills"].split(","),
-                capacity=options["capacity"],
-                display_name=options["display_name"],
+        try:
+            agent = services.agent_upsert(
+                data=services.AgentInput(
+                    username=options["username"],
+                    password=options["password"],
+                    languages=options["languages"].split(","),
+                    skills=options["skills"].split(","),
+                    capacity=options["capacity"],
+                    display_name=options["display_name"],
+                )
             )
-        )
+        except ValidationError as exc:
+            raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from exc
         print_json(self, {"id": agent.id, "username": agent.user.username})

@@ -1,5 +1,6 @@
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from marketplace import services
@@ -31,6 +32,8 @@ class Command(BaseCommand):
                     capacity=options["capacity"],
                 ),
             )
+        except ValidationError as exc:
+            raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from exc
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         print_json(

@@ -2,9 +2,8 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.core.validators import URLValidator
 
-from marketplace.models import BotIntegration
+from marketplace import services
 
 from ._output import print_json
 
@@ -18,13 +17,19 @@ class Command(BaseCommand):
         parser.add_argument("--rate-limit", type=int, default=None, help="requests per minute (default: platform's)")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["rate_limit"] is not None and options["rate_limit"] < 1:
+            raise CommandError("--rate-limit must be at least 1")
         try:
-            URLValidator(schemes=["http", "https"])(options["callback_url"])
+            integration = services.integration_create(
+                data=services.IntegrationInput(
+                    name=options["name"],
+                    callback_url=options["callback_url"],
+                    rate_limit_per_minute=options["rate_limit"],
+                )
+            )
         except ValidationError as exc:
-            raise CommandError(f"--callback-url is not an http(s) URL: {options['callback_url']}") from exc
-        integration = BotIntegration.objects.create(
-            name=options["name"], callback_url=options["callback_url"], rate_limit_per_minute=options["rate_limit"]
-        )
+            problems = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items())
+            raise CommandError(problems.replace("callback_url", "--callback-url")) from exc
         print_json(
             self,
             {

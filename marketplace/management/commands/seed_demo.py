@@ -35,8 +35,12 @@ class Command(BaseCommand):
         callback_url = options["base_url"].rstrip("/") + "/demo/bot/callbacks"
         integration = BotIntegration.objects.filter(name="Demo bot").first()
         if integration is None:
-            integration = BotIntegration.objects.create(name="Demo bot", callback_url=callback_url)
+            integration = services.integration_create(
+                data=services.IntegrationInput(name="Demo bot", callback_url=callback_url)
+            )
             created.append(f"integration {integration.id}")
+        elif integration.callback_url != callback_url:  # the demo now runs on another address
+            integration = services.integration_set_callback_url(integration_id=integration.pk, url=callback_url)
         result["integration"] = {
             "id": integration.id,
             "secret": integration.secret,
