@@ -1,8 +1,23 @@
-from django.contrib import admin
+"""Dispatch in admin: offers, ranking weights, and a live page of the queue and the agents."""
 
-from marketplace.admin import ReadOnlyAdmin
+from __future__ import annotations
 
-from .models import Offer
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+
+from config.errors import ApiError
+from marketplace.admin import AgentAdmin, ConversationAdmin, ReadOnlyAdmin
+from marketplace.models import Agent, Conversation
+
+from . import services
+from .models import AgentConnection, DispatchWeights, Offer, ServerHeartbeat
 
 
 @admin.register(Offer)
@@ -11,3 +26,125 @@ class OfferAdmin(ReadOnlyAdmin):
     list_filter = ("state",)
     search_fields = ("id", "conversation__id", "agent__display_name")
     list_select_related = ("conversation", "agent")
+
+
+@admin.register(DispatchWeights)
+class DispatchWeightsAdmin(admin.ModelAdmin):
+    list_display = ("fairness", "quality", "reliability", "skill_bonus", "idle_half_seconds", "updated_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return not DispatchWeights.objects.exists()  # one row
+
+
+@admin.register(AgentConnection)
+class AgentConnectionAdmin(ReadOnlyAdmin):
+    list_display = ("agent", "server_id", "opened_at")
+    search_fields = ("agent__display_name", "server_id")
+
+
+@admin.register(ServerHeartbeat)
+class ServerHeartbeatAdmin(ReadOnlyAdmin):
+    list_display = ("server_id", "seen_at")
+
+
+class ReassignForm(forms.Form):
+    agent = forms.ModelChoiceField(
+        queryset=Agent.objects.filter(approval=Agent.Approval.APPROVED).order_by("display_name"),
+        help_text="Given the conversation now, without an offer, if it has a free slot.",
+    )
+
+
+def _run(request: HttpRequest, what: str, fn: Any, *args: Any, **kwargs: Any) -> bool:
+    try:
+        fn(*args, **kwargs)
+        return True
+    except ApiError as exc:
+        messages.warning(request, f"{what}: {exc.detail}")
+        return False
+
+
+class LiveConversationAdmin(ConversationAdmin):
+    actions = ("cancel", "requeue_front", "reassign")
+
+    @admin.action(description="Re-queue at the front (withdraws the offer or takes it from the agent)")
+    def requeue_front(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:
+        actor = f"admin:{request.user}"
+        done = sum(
+            _run(request, c.pk, services.conversation_requeue, conversation_id=c.pk, actor=actor, reason="admin")
+            for c in queryset
+        )
+        self.message_user(request, f"Re-queued {done} conversation(s).", messages.SUCCESS)
+
+    @admin.action(description="Reassign to an agent…")
+    def reassign(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> HttpResponse | None:
+        if "apply" in request.POST:
+            form = ReassignForm(request.POST)
+            if form.is_valid():
+                agent = form.cleaned_data["agent"]
+                done = sum(
+                    _run(
+                        request,
+                        c.pk,
+                        services.conversation_reassign,
+                        conversation_id=c.pk,
+                        agent_id=agent.pk,
+                        actor=f"admin:{request.user}",
+                    )
+                    for c in queryset
+                )
+                self.message_user(request, f"Gave {done} conversation(s) to {agent.display_name}.", messages.SUCCESS)
+                return None
+        else:
+            form = ReassignForm()
+        return TemplateResponse(
+            request,
+            "admin/dispatch/reassign.html",
+            {**self.admin_site.each_context(request), "form": form, "conversations": queryset, "title": "Reassign"},
+        )
+
+    def get_urls(self) -> list[Any]:
+        return [path("live/", self.admin_site.admin_view(self.live_view), name="dispatch_live"), *super().get_urls()]
+
+    def live_view(self, request: HttpRequest) -> HttpResponse:
+        now = timezone.now()
+        waiting = list(
+            Conversation.objects.filter(status__in=Conversation.WAITING)
+            .select_related("integration")
+            .order_by("queue_key", "id")[:200]
+        )
+        online = list(
+            Agent.objects.exclude(status=Agent.Status.OFFLINE)
+            .order_by("status", "-active_count", "display_name")
+            .prefetch_related("connections")[:500]
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Live queue and agents",
+            "waiting": [(c, int((now - c.created_at).total_seconds())) for c in waiting],
+            "agents": online,
+            "free_slots": sum(max(a.capacity - a.active_count, 0) for a in online if a.status == Agent.Status.ONLINE),
+            "open_offers": Offer.objects.filter(state=Offer.State.PENDING).count(),
+            "assigned": Conversation.objects.filter(status=Conversation.Status.ASSIGNED).count(),
+            "refresh_seconds": 5,
+        }
+        return TemplateResponse(request, "admin/dispatch/live.html", context)
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        return super().changelist_view(request, {**(extra_context or {}), "live_url": reverse("admin:dispatch_live")})
+
+
+class LiveAgentAdmin(AgentAdmin):
+    actions = ("approve", "suspend", "force_offline")
+
+    @admin.action(description="Force offline (their conversations go back to the front of the queue)")
+    def force_offline(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        for agent in queryset:
+            services.agent_force_offline(agent_id=agent.pk, actor=f"admin:{request.user}")
+        self.message_user(request, f"Took {queryset.count()} agent(s) offline.", messages.WARNING)
+
+
+# The marketplace registers plain admins; dispatch adds its actions and the live page.
+admin.site.unregister(Conversation)
+admin.site.register(Conversation, LiveConversationAdmin)
+admin.site.unregister(Agent)
+admin.site.register(Agent, LiveAgentAdmin)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from django.contrib import admin
+from django.contrib.admin.utils import quote
 from django.contrib.auth import get_user_model
 from django.urls import reverse
 
@@ -41,13 +42,14 @@ def test_every_registered_model_lists_and_opens(admin_client, populated):
         assert listing.status_code == 200, (meta.label, listing.get("Location"))
         instance = model.objects.first()
         if instance is not None:
-            detail = admin_client.get(reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[instance.pk]))
+            url = reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[quote(instance.pk)])
+            detail = admin_client.get(url)
             messages = [str(m) for m in detail.wsgi_request._messages] if detail.status_code != 200 else []
             assert detail.status_code == 200, (meta.label, instance.pk, detail.get("Location"), messages)
 
 
 def test_conversation_states_are_read_only_in_admin(admin_client, populated):
-    url = reverse("admin:marketplace_conversation_change", args=[populated.pk])
+    url = reverse("admin:marketplace_conversation_change", args=[quote(populated.pk)])
     admin_client.post(url, {"status": "resolved"})
     populated.refresh_from_db()
     assert populated.status == "assigned"
