@@ -64,19 +64,17 @@ def ranked_candidates(conversation: Conversation, now: datetime | None = None) -
     return sorted(candidates, key=lambda a: (-score(a, conversation, weights, now), a.pk))
 
 
-def next_conversation_for(agent: Agent, now: datetime | None = None, scan: int = 200) -> Conversation | None:
-    """The first queued conversation, in queue order, that this agent may take."""
+def conversations_for(agent: Agent, now: datetime | None = None, scan: int = 200) -> list[str]:
+    """Ids of the queued conversations this agent may take, in queue order."""
     now = now or timezone.now()
     refused = Offer.objects.filter(agent=agent, state__in=_REFUSED).values("conversation_id")
     queued = (
         Conversation.objects.filter(status=Conversation.Status.QUEUED, language__in=[*(agent.languages or []), ""])
         .exclude(pk__in=refused)
+        .only("id", "topic", "created_at")
         .order_by("queue_key", "id")
     )
-    for conversation in queued[:scan]:
-        if has_skill(agent, conversation) or skills_widened(conversation, now):
-            return conversation
-    return None
+    return [c.pk for c in queued[:scan] if has_skill(agent, c) or skills_widened(c, now)]
 
 
 def pending_offer(agent_id: str) -> Offer | None:

@@ -194,6 +194,7 @@ def offer_accept(*, offer_id: str, agent: Agent) -> Conversation:
         if took_slot:
             _close_offer(offer, Offer.State.ACCEPTED)
             _assign(conversation, agent, actor=f"agent:{agent.pk}", data={"offer_id": offer.id})
+            jobs.enqueue_on_commit(tasks.dispatch_agent, agent.pk)  # room for more? offer the next one now
             return conversation
         # Another conversation took the last slot (an admin's reassignment): this offer is over.
         _close_offer(offer, Offer.State.REVOKED, "no capacity left")
@@ -312,20 +313,31 @@ def conversation_dispatch(*, conversation_id: str) -> Offer | None:
 
 
 def agent_dispatch(*, agent_id: str) -> Offer | None:
-    """An agent has room: offer it the first waiting conversation it may take."""
-    for _ in range(5):  # a conversation may be taken by another worker meanwhile: try the next
-        agent = selectors.available_agents().filter(pk=agent_id).first()
-        if agent is None:
-            return None
-        conversation = selectors.next_conversation_for(agent)
-        if conversation is None:
-            return None
+    """An agent has room: offer it the first waiting conversation it may take.
+
+    When several agents free up at once they all want the head of the queue;
+    each claims a conversation with SKIP LOCKED and moves on past the ones
+    another dispatcher holds, so none of them gives up while work waits.
+    """
+    agent = selectors.available_agents().filter(pk=agent_id).first()
+    if agent is None:
+        return None
+    for conversation_id in selectors.conversations_for(agent):
         try:
-            return offer_create(conversation_id=conversation.pk, agent_id=agent_id)
+            with transaction.atomic():
+                claimed = (
+                    Conversation.objects.select_for_update(skip_locked=True)
+                    .filter(pk=conversation_id, status=Conversation.Status.QUEUED)
+                    .values_list("pk", flat=True)
+                    .first()
+                )
+                if claimed is None:
+                    continue  # another dispatcher has it, or it is no longer waiting
+                return offer_create(conversation_id=conversation_id, agent_id=agent_id)
         except OfferNotOpen:
             continue
         except AgentUnavailable:
-            return None
+            return None  # the agent got an offer or lost its room meanwhile
     return None
 
 

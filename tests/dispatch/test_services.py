@@ -335,3 +335,14 @@ def test_queue_updates_are_pushed_when_the_position_changes_and_throttled(escala
 
     Conversation.objects.filter(pk=second.pk).update(notified_position=7)  # changed, but told just now
     assert dispatch.queue_updates_push() == 0
+
+
+def test_an_agent_with_room_left_is_offered_the_next_one_after_accepting(escalate, make_agent, recorded_jobs):
+    agent = make_agent(capacity=2)
+    first, second = escalate(), escalate()
+    recorded_jobs.run("dispatch_conversation")
+    dispatch.offer_accept(offer_id=offer_of(first).pk, agent=agent)
+
+    recorded_jobs.run("dispatch_agent")
+
+    assert offer_of(second).agent_id == agent.pk
