@@ -142,7 +142,13 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CHANNEL_PREFIX", "mkt"), "capacity": 1000},
+            "CONFIG": {
+                # redis-py 8 times socket reads out after 5 s by default, which aborts the layer's
+                # blocking BZPOPMIN and kills every consumer (channels_redis issue 422): no read timeout.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+                "prefix": env_str("CHANNEL_PREFIX", "mkt"),
+                "capacity": 1000,
+            },
         }
     }
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import requests
 from django.conf import settings
@@ -110,3 +112,41 @@ def celery_beat(env: dict[str, str], log: Path, workdir: Path) -> Iterator[subpr
     ]  # fmt: skip
     with running(args, env, log) as proc:
         yield proc
+
+
+class AgentClient:
+    """A real WebSocket client for one agent device (the `websockets` library)."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        from websockets.sync.client import connect
+
+        self._stack = ExitStack()
+        url = base_url.replace("http", "ws", 1) + f"/ws/agent/?token={token}"
+        self.ws = self._stack.enter_context(connect(url, open_timeout=10))
+        self.seen: list[dict[str, Any]] = []
+        self.hello = self.expect("hello")
+
+    def send(self, **content: Any) -> None:
+        self.ws.send(json.dumps(content))
+
+    def expect(self, type_: str, within: float = 10, **match: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + within
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {type_!r} {match} within {within}s; saw {[m['type'] for m in self.seen]}")
+            try:
+                message = json.loads(self.ws.recv(timeout=remaining))
+            except TimeoutError:
+                continue
+            self.seen.append(message)
+            if message["type"] == type_ and all(message.get(k) == v for k, v in match.items()):
+                return message
+
+    def drop(self) -> None:
+        """Lose the connection without a goodbye, like a phone going through a tunnel."""
+        self.ws.socket.shutdown(socket.SHUT_RDWR)
+        self.ws.socket.close()
+
+    def close(self) -> None:
+        self._stack.close()

@@ -360,3 +360,17 @@ async def test_disconnect_past_the_grace_period_requeues_to_another_agent(
     assert await AgentConnection.objects.acount() == 1
     assert await Offer.objects.filter(conversation_id=created["id"], state="accepted").acount() == 2
     await staying.close()
+
+
+@pytest.mark.redis
+async def test_an_idle_socket_on_the_redis_layer_outlives_the_redis_client_read_timeout(
+    make_agent, online_socket, async_bot
+):
+    """redis-py 8 times reads out after 5 s unless told not to; the layer's blocking receive must not die."""
+    socket = await online_socket(await sync_to_async(make_agent)())
+    await asyncio.sleep(6.5)
+    await socket.send(type="ping")
+    await socket.expect("pong")
+    await async_bot.escalate("after-idle")
+    await socket.expect("offer")
+    await socket.close()
