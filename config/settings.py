@@ -134,6 +134,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # locking as the embedded default (threads wait instead of failing).
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".test-db.sqlite3")}
 IS_POSTGRES = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+if IS_POSTGRES and env_bool("DB_POOL", True):
+    # Under ASGI every request runs in its own thread, so persistent connections
+    # do not help; psycopg's pool does (a new connection costs ~10 ms).
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env_int("DB_POOL_MIN_SIZE", 2),
+        "max_size": env_int("DB_POOL_MAX_SIZE", 20),
+        "timeout": env_float("DB_POOL_TIMEOUT", 10),
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: channel layer, cache, Celery broker --------------------------------
@@ -143,9 +152,17 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                # redis-py 8 times socket reads out after 5 s by default, which aborts the layer's
-                # blocking BZPOPMIN and kills every consumer (channels_redis issue 422): no read timeout.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+                # redis-py 8 changed two defaults that break channels_redis (its issue 422):
+                # a 5 s read timeout aborts the layer's blocking BZPOPMIN and kills every
+                # consumer, and a pool of at most 100 connections fails at once when a few
+                # hundred sockets connect together. No read timeout; a pool sized for the sockets.
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": None,
+                        "max_connections": env_int("CHANNEL_REDIS_MAX_CONNECTIONS", 5000),
+                    }
+                ],
                 "prefix": env_str("CHANNEL_PREFIX", "mkt"),
                 "capacity": 1000,
             },
@@ -279,6 +296,8 @@ CALLBACK_REKICK_SECONDS = env_float("CALLBACK_REKICK_SECONDS", 60)
 
 # Dispatch
 SKILL_WIDEN_AFTER_SECONDS = env_float("SKILL_WIDEN_AFTER_SECONDS", 60)
+# The sweeper leaves conversations younger than this to their own dispatch jobs.
+DISPATCH_SWEEP_MIN_WAIT_SECONDS = env_float("DISPATCH_SWEEP_MIN_WAIT_SECONDS", 2)
 MISSES_BEFORE_AWAY = env_int("MISSES_BEFORE_AWAY", 2)
 QUEUE_FRONT_HEAD_START_SECONDS = env_float("QUEUE_FRONT_HEAD_START_SECONDS", 86_400)
 QUEUE_UPDATE_MIN_SECONDS = env_float("QUEUE_UPDATE_MIN_SECONDS", 15)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import transaction
 
@@ -34,6 +34,23 @@ def bind_socket_loop(loop: asyncio.AbstractEventLoop) -> None:
     _socket_loop = loop
 
 
+# Services are sync code; async_to_sync from a thread with no loop (a Celery
+# worker, a job thread) would make a new loop, and channels_redis a new
+# connection, for every send. One long-lived loop per process, on a daemon
+# thread, keeps its connections.
+_sender_loop: asyncio.AbstractEventLoop | None = None
+_sender_lock = threading.Lock()
+
+
+def _loop_for_sending() -> asyncio.AbstractEventLoop:
+    global _sender_loop
+    with _sender_lock:
+        if _sender_loop is None or _sender_loop.is_closed():
+            _sender_loop = asyncio.new_event_loop()
+            threading.Thread(target=_sender_loop.run_forever, name="channel-sender", daemon=True).start()
+        return _sender_loop
+
+
 def send(agent_id: str, payload: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
@@ -45,7 +62,7 @@ def send(agent_id: str, payload: dict[str, Any]) -> None:
                 return  # no socket was ever opened in this process: nobody to tell
             asyncio.run_coroutine_threadsafe(layer.group_send(group, message), _socket_loop).result(timeout=5)
         else:
-            async_to_sync(layer.group_send)(group, message)
+            asyncio.run_coroutine_threadsafe(layer.group_send(group, message), _loop_for_sending()).result(timeout=5)
     except Exception:  # the database is the truth; the app resyncs from `hello`
         logger.exception("could not send %s to agent %s", payload.get("type"), agent_id)
 

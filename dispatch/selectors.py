@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db.models import Exists, F, OuterRef, QuerySet
@@ -21,11 +21,11 @@ def skills_widened(conversation: Conversation, now: datetime) -> bool:
     return now - conversation.created_at >= timedelta(seconds=settings.SKILL_WIDEN_AFTER_SECONDS)
 
 
-def speaks(agent: Agent, conversation: Conversation) -> bool:
+def speaks(agent: Agent | Candidate, conversation: Conversation) -> bool:
     return not conversation.language or conversation.language in (agent.languages or [])
 
 
-def has_skill(agent: Agent, conversation: Conversation) -> bool:
+def has_skill(agent: Agent | Candidate, conversation: Conversation) -> bool:
     return not conversation.topic or conversation.topic in (agent.skills or [])
 
 
@@ -36,7 +36,38 @@ def available_agents() -> QuerySet[Agent]:
     ).exclude(Exists(Offer.objects.filter(agent=OuterRef("pk"), state=Offer.State.PENDING)))
 
 
-def score(agent: Agent, conversation: Conversation, weights: DispatchWeights, now: datetime) -> float:
+_RANK_FIELDS = (
+    "pk",
+    "languages",
+    "skills",
+    "active_count",
+    "idle_since",
+    "rating_sum",
+    "rating_count",
+    "resolved_count",
+    "unresolved_count",
+    "offers_accepted",
+    "offers_received",
+)
+
+
+class Candidate(NamedTuple):
+    """The figures ranking needs, without building a model instance per agent."""
+
+    pk: str
+    languages: list[str]
+    skills: list[str]
+    active_count: int
+    idle_since: datetime | None
+    rating_sum: int
+    rating_count: int
+    resolved_count: int
+    unresolved_count: int
+    offers_accepted: int
+    offers_received: int
+
+
+def score(agent: Agent | Candidate, conversation: Conversation, weights: DispatchWeights, now: datetime) -> float:
     """Higher is better. Each term is in [0, 1]; see docs/DISPATCH.md."""
     idle = (now - agent.idle_since).total_seconds() if agent.active_count == 0 and agent.idle_since else 0.0
     idle_term = idle / (idle + weights.idle_half_seconds) if idle > 0 else 0.0
@@ -50,14 +81,15 @@ def score(agent: Agent, conversation: Conversation, weights: DispatchWeights, no
     return weights.fairness * idle_term + weights.quality * quality_term + weights.reliability * acceptance + skill
 
 
-def ranked_candidates(conversation: Conversation, now: datetime | None = None) -> list[Agent]:
+def ranked_candidates(conversation: Conversation, now: datetime | None = None) -> list[Candidate]:
     """Agents who may be offered the conversation now, best first."""
     now = now or timezone.now()
     refused = Offer.objects.filter(conversation=conversation, state__in=_REFUSED).values("agent_id")
     widened = skills_widened(conversation, now)
+    rows = available_agents().exclude(pk__in=refused).values_list(*_RANK_FIELDS)
     candidates = [
         agent
-        for agent in available_agents().exclude(pk__in=refused)
+        for agent in map(Candidate._make, rows)
         if speaks(agent, conversation) and (widened or has_skill(agent, conversation))
     ]
     weights = DispatchWeights.current()

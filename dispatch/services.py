@@ -194,7 +194,8 @@ def offer_accept(*, offer_id: str, agent: Agent) -> Conversation:
         if took_slot:
             _close_offer(offer, Offer.State.ACCEPTED)
             _assign(conversation, agent, actor=f"agent:{agent.pk}", data={"offer_id": offer.id})
-            jobs.enqueue_on_commit(tasks.dispatch_agent, agent.pk)  # room for more? offer the next one now
+            if Agent.objects.filter(pk=agent.pk, active_count__lt=F("capacity")).exists():
+                jobs.enqueue_on_commit(tasks.dispatch_agent, agent.pk)  # room for more: offer the next one now
             return conversation
         # Another conversation took the last slot (an admin's reassignment): this offer is over.
         _close_offer(offer, Offer.State.REVOKED, "no capacity left")
@@ -341,18 +342,26 @@ def agent_dispatch(*, agent_id: str) -> Offer | None:
     return None
 
 
-def dispatch_sweep() -> int:
-    """Work conservation: every agent with room gets the best waiting conversation it may take.
+def dispatch_sweep(*, limit: int = 200) -> int:
+    """Work conservation's safety net: conversations that waited past the events that should
+    have placed them get another try, oldest first.
 
     Covers what no event triggers (the skill filter widening with time) and any
-    dispatch job lost with a crashed worker.
+    dispatch job lost with a crashed worker. It costs one query while nobody
+    has room, and leaves fresh conversations to their own dispatch jobs.
     """
-    offered = 0
-    if not Conversation.objects.filter(status=Conversation.Status.QUEUED).exists():
+    if not selectors.available_agents().exists():
         return 0
-    for agent_id in selectors.available_agents().order_by("idle_since").values_list("pk", flat=True)[:500]:
-        if agent_dispatch(agent_id=agent_id) is not None:
+    stale = timezone.now() - timedelta(seconds=settings.DISPATCH_SWEEP_MIN_WAIT_SECONDS)
+    waiting = Conversation.objects.filter(status=Conversation.Status.QUEUED, queued_at__lte=stale).order_by(
+        "queue_key", "id"
+    )
+    offered = 0
+    for conversation_id in list(waiting.values_list("pk", flat=True)[:limit]):
+        if conversation_dispatch(conversation_id=conversation_id) is not None:
             offered += 1
+        elif not selectors.available_agents().exists():
+            break
     return offered
 
 

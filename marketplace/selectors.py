@@ -25,7 +25,9 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db.models import Avg, DurationField, ExpressionWrapper, F, Q, QuerySet
+from django.db import connection
+from django.db.models import Avg, Count, DurationField, ExpressionWrapper, F, Q, QuerySet, Sum, Value
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from .models import Agent, BotIntegration, Conversation
@@ -73,6 +75,17 @@ def _online_rows() -> list[tuple[list[str], int, int]]:
 
 def pool_capacity(language: str, rows: list[tuple[list[str], int, int]] | None = None) -> PoolCapacity:
     """Online approved agents who speak `language` (any, when blank)."""
+    if rows is None and connection.features.supports_json_field_contains:
+        # One aggregate in the database (jsonb containment) instead of every online agent in Python.
+        online = Agent.objects.filter(status=Agent.Status.ONLINE, approval=Agent.Approval.APPROVED)
+        if language:
+            online = online.filter(languages__contains=[language])
+        totals = online.aggregate(
+            agents=Count("pk"),
+            slots=Coalesce(Sum("capacity"), 0),
+            free=Coalesce(Sum(Greatest(F("capacity") - F("active_count"), Value(0))), 0),
+        )
+        return PoolCapacity(agents=totals["agents"], slots=totals["slots"], free=totals["free"])
     agents = slots = free = 0
     for languages, capacity, active in _online_rows() if rows is None else rows:
         if language and language not in (languages or []):

@@ -69,17 +69,14 @@ def daphne(env: dict[str, str], log: Path) -> Iterator[str]:
 
 
 @contextmanager
-def celery_worker(env: dict[str, str], log: Path, concurrency: int = 2) -> Iterator[subprocess.Popen[bytes]]:
+def celery_worker(
+    env: dict[str, str], log: Path, concurrency: int = 4, queues: str = "celery,callbacks"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A worker as the Procfile runs it (threads pool)."""
     args = [
-        str(BIN / "celery"),
-        "-A",
-        "config",
-        "worker",
-        "-Q",
-        "celery,callbacks",
-        "--loglevel=info",
-        f"--concurrency={concurrency}",
-    ]
+        str(BIN / "celery"), "-A", "config", "worker", "-Q", queues, "--pool=threads", "--loglevel=info",
+        f"--concurrency={concurrency}", f"--hostname={queues.replace(',', '-')}-{free_port()}@%h",
+    ]  # fmt: skip
     with running(args, env, log) as proc:
         deadline = time.monotonic() + 60
         while b"ready." not in log.read_bytes():

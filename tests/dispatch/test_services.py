@@ -75,7 +75,8 @@ def test_skills_widen_after_the_configured_wait(escalate, make_agent, recorded_j
     refresh(conversation)
     assert conversation.status == "queued"
 
-    Conversation.objects.filter(pk=conversation.pk).update(created_at=timezone.now() - timedelta(seconds=61))
+    a_minute_ago = timezone.now() - timedelta(seconds=61)
+    Conversation.objects.filter(pk=conversation.pk).update(created_at=a_minute_ago, queued_at=a_minute_ago)
     dispatch.dispatch_sweep()
 
     assert offer_of(conversation).agent == generalist
@@ -119,7 +120,7 @@ def test_decline_passes_the_conversation_on_at_once(escalate, make_agent, record
     offer.refresh_from_db()
     assert (offer.state, offer.reason) == ("declined", "not my area")
     # The decliner is never offered the same conversation again.
-    assert first not in selectors.ranked_candidates(conversation)
+    assert first.pk not in [candidate.pk for candidate in selectors.ranked_candidates(conversation)]
 
 
 def test_expiry_passes_it_on_and_repeated_misses_set_the_agent_away(escalate, make_agent, recorded_jobs, settings):
@@ -346,3 +347,16 @@ def test_an_agent_with_room_left_is_offered_the_next_one_after_accepting(escalat
     recorded_jobs.run("dispatch_agent")
 
     assert offer_of(second).agent_id == agent.pk
+
+
+def test_the_sweeper_repairs_a_lost_dispatch_but_leaves_fresh_ones_alone(escalate, make_agent, recorded_jobs, settings):
+    settings.DISPATCH_SWEEP_MIN_WAIT_SECONDS = 2
+    agent = make_agent()
+    conversation = escalate()
+    recorded_jobs.clear()  # its dispatch job is lost
+
+    assert dispatch.dispatch_sweep() == 0  # too fresh: its own job may still be on its way
+
+    Conversation.objects.filter(pk=conversation.pk).update(queued_at=timezone.now() - timedelta(seconds=3))
+    assert dispatch.dispatch_sweep() == 1
+    assert offer_of(conversation).agent_id == agent.pk

@@ -1,0 +1,349 @@
+"""Dispatch latency, end to end, with real processes.
+
+N agents (default 1,000) connect over WebSockets, split across two Daphne
+processes; Celery workers and beat run beside them, on PostgreSQL and Redis.
+A bot posts signed escalations at R per second (default 20). Every agent
+accepts each offer at once and resolves the conversation after a short random
+time. Printed: p50/p99/max of
+
+  escalation -> offer      from sending the bot's POST to the agent receiving `offer`
+  accept -> assigned       from sending `offer.accept` to receiving `conversation.assigned`
+
+and, measured in the same run, the floor: one database transaction plus one
+channel-layer round trip through Redis (what any design must pay at least).
+
+The load generators run in their own processes (one per Daphne process for the
+agents, one for the bot) so that their own CPU use does not queue behind the
+measurement; all timestamps are CLOCK_MONOTONIC, shared by every process.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/13 \\
+        .venv/bin/python bench/dispatch_latency.py --agents 1000 --rate 20 --duration 30
+
+It creates (and drops) its own database `bench_dispatch` on that server and
+flushes the Redis database it is given. Logs of the servers go to var/bench/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def summary(name: str, values_ms: list[float]) -> str:
+    if not values_ms:
+        return f"{name:<24} no samples"
+    return (
+        f"{name:<24} n={len(values_ms):<6} p50={percentile(values_ms, 50):7.1f} ms  "
+        f"p99={percentile(values_ms, 99):7.1f} ms  max={max(values_ms):7.1f} ms"
+    )
+
+
+# --- role: agents (a process per Daphne) ---------------------------------------------
+
+
+async def agents_role(base: str, tokens: list[str], handle: tuple[float, float]) -> None:
+    from websockets.asyncio.client import connect
+
+    out = sys.stdout
+    online = 0
+
+    def emit(**event: object) -> None:
+        out.write(json.dumps(event) + "\n")
+
+    async def agent(token: str) -> None:
+        nonlocal online
+        url = base.replace("http", "ws", 1) + f"/ws/agent/?token={token}"
+        async with connect(url, open_timeout=120, max_queue=None, ping_interval=None) as ws:
+            await ws.recv()  # hello
+            await ws.send(json.dumps({"type": "presence", "status": "online"}))
+            accepted: dict[str, float] = {}
+            async for raw in ws:
+                now = time.monotonic()
+                message = json.loads(raw)
+                kind = message["type"]
+                if kind == "presence" and message.get("status") == "online":
+                    online += 1
+                    if online == len(tokens):
+                        emit(kind="ready", t=now)
+                        out.flush()
+                elif kind == "offer":
+                    emit(kind="offer", t=now, conversation_id=message["conversation_id"])
+                    accepted[message["conversation_id"]] = time.monotonic()
+                    await ws.send(json.dumps({"type": "offer.accept", "offer_id": message["offer_id"]}))
+                elif kind == "conversation.assigned":
+                    conversation_id = message["conversation"]["id"]
+                    started = accepted.pop(conversation_id, None)
+                    if started is not None:
+                        emit(kind="assigned", t=now, accept_sent=started)
+
+                    async def resolve(cid: str = conversation_id) -> None:
+                        await asyncio.sleep(random.uniform(*handle))
+                        payload = {"type": "conversation.resolve", "conversation_id": cid, "outcome": "resolved"}
+                        await ws.send(json.dumps(payload))
+
+                    asyncio.create_task(resolve())
+                elif kind == "error":
+                    emit(kind="error", t=now, code=message.get("code"))
+
+    semaphore = asyncio.Semaphore(100)
+
+    async def start(token: str) -> None:
+        async with semaphore:
+            task = asyncio.create_task(agent(token))
+            await asyncio.sleep(0.002)
+        await task
+
+    await asyncio.gather(*(start(t) for t in tokens), return_exceptions=True)
+
+
+# --- role: bot -------------------------------------------------------------------------
+
+
+def bot_role(bases: list[str], integration_id: str, secret: str, rate: float, seconds: float) -> None:
+    import requests
+
+    from marketplace import signing
+
+    session = requests.Session()
+    interval = 1 / rate
+    next_at = time.monotonic()
+    end = next_at + seconds
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+        body = json.dumps({"external_id": f"bench-{n}", "language": "en", "topic": "billing"}).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "X-Bot-Id": integration_id,
+            "X-Bot-Signature": signing.header(secret, body),
+        }
+        sent = time.monotonic()
+        response = session.post(bases[n % len(bases)] + "/api/v1/escalations", data=body, headers=headers, timeout=10)
+        answered = time.monotonic()
+        conversation_id = response.json().get("id") if response.status_code == 201 else None
+        print(json.dumps({"kind": "posted", "t": sent, "answered": answered, "conversation_id": conversation_id}))
+        next_at += interval
+        time.sleep(max(0.0, next_at - time.monotonic()))
+    sys.stdout.flush()
+
+
+# --- coordinator -------------------------------------------------------------------------
+
+
+def prepare_database(server_url: str, name: str) -> str:
+    import psycopg
+
+    parts = urlsplit(server_url)
+    admin = psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True)
+    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.execute(f'CREATE DATABASE "{name}"')
+    admin.close()
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def measure_floor(samples: int, row_id: str) -> list[float]:
+    """One database transaction plus one channel-layer round trip through Redis."""
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+    from django.db import connection, transaction
+
+    layer = get_channel_layer()
+
+    async def roundtrips() -> list[float]:
+        from asgiref.sync import sync_to_async
+
+        def tx() -> None:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("UPDATE marketplace_botintegration SET active = active WHERE id = %s", [row_id])
+
+        run_tx = sync_to_async(tx, thread_sensitive=True)
+        timings = []
+        channel = await layer.new_channel()
+        for _ in range(samples):
+            started = time.perf_counter()
+            await run_tx()
+            await layer.send(channel, {"type": "floor"})
+            await layer.receive(channel)
+            timings.append((time.perf_counter() - started) * 1000)
+        return timings
+
+    return async_to_sync(roundtrips)()
+
+
+def coordinator(args: argparse.Namespace) -> None:
+    server = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/13")
+    os.environ["DATABASE_URL"] = prepare_database(server, "bench_dispatch")
+    os.environ["REDIS_URL"] = redis_url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    os.environ["LOG_LEVEL"] = "WARNING"
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, check=True)
+
+    import django
+
+    django.setup()
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    from marketplace import services
+    from tests.processes import celery_beat, celery_worker, daphne, service_env
+
+    integration = services.integration_create(
+        data=services.IntegrationInput(name="bench", callback_url="http://127.0.0.1:9/discard")
+    )
+    template = services.AgentInput("", "bench-pass-123", ["en"], ["billing"], 1)
+    tokens = [token for _, token in services.agents_create_bulk(prefix="bench", count=args.agents, template=template)]
+
+    logs = ROOT / "var" / "bench"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = service_env(
+        DEBUG="false",  # production settings (DEBUG's per-request static scan costs ~30 ms a request)
+        SECRET_KEY="bench-" + "x" * 40,
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        LOG_LEVEL=os.environ.get("BENCH_SERVER_LOG_LEVEL", "WARNING"),
+        CALLBACK_MAX_ATTEMPTS="1",
+        OFFER_TIMEOUT_SECONDS="20",
+    )
+    me = [sys.executable, str(Path(__file__).resolve())]
+    with ExitStack() as stack:
+        for n in range(args.workers):  # as the Procfile runs them: dispatch workers, and one for callbacks
+            stack.enter_context(celery_worker(env, logs / f"worker-{n}.log", concurrency=8, queues="celery"))
+        stack.enter_context(celery_worker(env, logs / "callbacks.log", concurrency=8, queues="callbacks"))
+        stack.enter_context(celery_beat(env, logs / "beat.log", logs))
+        bases = [stack.enter_context(daphne(env, logs / f"daphne-{n}.log")) for n in (1, 2)]
+        floor = measure_floor(args.floor_samples, integration.id)
+
+        print(f"connecting {len(tokens)} agents across {len(bases)} Daphne processes ...", flush=True)
+        agent_procs = []
+        for n, base in enumerate(bases):
+            share = tokens[n :: len(bases)]
+            proc = subprocess.Popen(
+                [*me, "--role", "agents", "--base", base, "--handle", *map(str, args.handle)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+            )
+            assert proc.stdin is not None
+            proc.stdin.write("\n".join(share))
+            proc.stdin.close()
+            agent_procs.append(proc)
+        for proc in agent_procs:  # wait until every agent is online
+            assert proc.stdout is not None
+            while json.loads(proc.stdout.readline() or '{"kind": "eof"}')["kind"] not in ("ready", "eof"):
+                pass
+        print("all agents online; load starts", flush=True)
+
+        bot = subprocess.run(
+            [
+                *me,
+                "--role",
+                "bot",
+                "--bases",
+                ",".join(bases),
+                "--integration",
+                integration.id,
+                "--secret",
+                integration.secret,
+                "--rate",
+                str(args.rate),
+                "--seconds",
+                str(args.warmup + args.duration),
+            ],  # fmt: skip
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ},
+            check=True,
+        )
+        time.sleep(2)  # the last offers land
+        agent_events = []
+        for proc in agent_procs:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.stdout is not None
+            out = proc.stdout.read()
+            proc.wait(timeout=30)
+            agent_events += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    report(args, floor, [json.loads(line) for line in bot.stdout.splitlines()], agent_events)
+
+
+def report(args: argparse.Namespace, floor: list[float], posted: list[dict], events: list[dict]) -> None:
+    start = posted[0]["t"] + args.warmup if posted else 0
+    sent = {p["conversation_id"]: p["t"] for p in posted if p["conversation_id"]}
+    offers = [e for e in events if e["kind"] == "offer"]
+    first_offer: dict[str, float] = {}
+    for e in offers:
+        first_offer.setdefault(e["conversation_id"], e["t"])
+    to_offer = [(t - sent[c]) * 1000 for c, t in first_offer.items() if c in sent and sent[c] >= start]
+    to_assigned = [(e["t"] - e["accept_sent"]) * 1000 for e in events if e["kind"] == "assigned" and e["t"] >= start]
+    http = [(p["answered"] - p["t"]) * 1000 for p in posted if p["t"] >= start]
+    elapsed = posted[-1]["t"] - posted[0]["t"] if len(posted) > 1 else 1
+    floor_p50, floor_p99 = percentile(floor, 50), percentile(floor, 99)
+    print()
+    print(f"agents={args.agents} rate={args.rate}/s duration={args.duration}s (+{args.warmup}s warm-up not counted)")
+    print(f"cpu cores={os.cpu_count()} dispatch workers={args.workers} (+1 for callbacks), daphne processes=2")
+    print(summary("escalation -> offer", to_offer))
+    print(summary("accept -> assigned", to_assigned))
+    print(summary("bot POST (HTTP answer)", http))
+    print(summary("floor (tx + layer rtt)", floor))
+    print(
+        f"ratio p99 offer/floor = {percentile(to_offer, 99) / floor_p99:.1f}x   "
+        f"(p50 ratio {percentile(to_offer, 50) / floor_p50:.1f}x)"
+    )
+    errors = sum(1 for e in events if e["kind"] == "error")
+    print(
+        f"escalations={len(sent)} of {len(posted)} posted, offered={len(first_offer)}, "
+        f"assigned={sum(1 for e in events if e['kind'] == 'assigned')}, ws errors={errors}, "
+        f"achieved rate {len(posted) / elapsed:.1f}/s"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=20, help="escalations per second")
+    parser.add_argument("--duration", type=float, default=30, help="seconds of load after warm-up")
+    parser.add_argument("--warmup", type=float, default=5)
+    parser.add_argument("--handle", type=float, nargs=2, default=(0.5, 2.0), help="resolve after U(a, b) seconds")
+    parser.add_argument("--workers", type=int, default=1, help="Celery worker processes for the default queue")
+    parser.add_argument("--floor-samples", type=int, default=300)
+    parser.add_argument("--role", choices=["coordinator", "agents", "bot"], default="coordinator")
+    parser.add_argument("--base")
+    parser.add_argument("--bases")
+    parser.add_argument("--integration")
+    parser.add_argument("--secret")
+    parser.add_argument("--seconds", type=float)
+    args = parser.parse_args()
+    if args.role == "agents":
+        signal.signal(signal.SIGTERM, lambda *_: (sys.stdout.flush(), os._exit(0)))
+        tokens = [line.strip() for line in sys.stdin if line.strip()]
+        asyncio.run(agents_role(args.base, tokens, tuple(args.handle)))
+    elif args.role == "bot":
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+        bot_role(args.bases.split(","), args.integration, args.secret, args.rate, args.seconds)
+    else:
+        coordinator(args)
+
+
+if __name__ == "__main__":
+    main()
