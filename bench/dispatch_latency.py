@@ -77,6 +77,13 @@ async def agents_role(base: str, tokens: list[str], handle: tuple[float, float])
             await ws.recv()  # hello
             await ws.send(json.dumps({"type": "presence", "status": "online"}))
             accepted: dict[str, float] = {}
+
+            async def keepalive() -> None:  # as the app does: the server closes silent sockets
+                while True:
+                    await asyncio.sleep(20)
+                    await ws.send(json.dumps({"type": "ping"}))
+
+            pinger = asyncio.create_task(keepalive())
             async for raw in ws:
                 now = time.monotonic()
                 message = json.loads(raw)
@@ -104,6 +111,7 @@ async def agents_role(base: str, tokens: list[str], handle: tuple[float, float])
                     asyncio.create_task(resolve())
                 elif kind == "error":
                     emit(kind="error", t=now, code=message.get("code"))
+            pinger.cancel()
 
     semaphore = asyncio.Semaphore(100)
 
@@ -113,7 +121,12 @@ async def agents_role(base: str, tokens: list[str], handle: tuple[float, float])
             await asyncio.sleep(0.002)
         await task
 
-    await asyncio.gather(*(start(t) for t in tokens), return_exceptions=True)
+    results = await asyncio.gather(*(start(t) for t in tokens), return_exceptions=True)
+    failures: dict[str, int] = {}
+    for result in results:
+        if isinstance(result, BaseException):
+            failures[repr(result)[:120]] = failures.get(repr(result)[:120], 0) + 1
+    emit(kind="ended", failures=failures)
 
 
 # --- role: bot -------------------------------------------------------------------------
@@ -250,8 +263,9 @@ def coordinator(args: argparse.Namespace) -> None:
             agent_procs.append(proc)
         for proc in agent_procs:  # wait until every agent is online
             assert proc.stdout is not None
-            while json.loads(proc.stdout.readline() or '{"kind": "eof"}')["kind"] not in ("ready", "eof"):
-                pass
+            while (event := json.loads(proc.stdout.readline() or '{"kind": "eof"}'))["kind"] != "ready":
+                if event["kind"] in ("eof", "ended"):
+                    raise SystemExit(f"agents could not get online: {event}")
         print("all agents online; load starts", flush=True)
 
         bot = subprocess.run(
