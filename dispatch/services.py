@@ -269,12 +269,13 @@ def offer_expire(*, offer_id: str) -> bool:
     return True
 
 
-def offers_revoke_for_conversation(*, conversation: Conversation, reason: str) -> list[Offer]:
-    """Withdraw the conversation's open offer (the caller holds its lock)."""
+def offers_revoke_for_conversation(*, conversation: Conversation, reason: str, detail: str = "") -> list[Offer]:
+    """Withdraw the conversation's open offer (the caller holds its lock); its agent is free for other work."""
     offers = list(Offer.objects.select_for_update().filter(conversation=conversation, state=Offer.State.PENDING))
     for offer in offers:
-        _close_offer(offer, Offer.State.REVOKED, reason)
+        _close_offer(offer, Offer.State.REVOKED, detail or reason)
         events.send_on_commit(offer.agent_id, {"type": "offer.revoked", "offer_id": offer.id, "reason": reason})
+        jobs.enqueue_on_commit(tasks.dispatch_agent, offer.agent_id)
     return offers
 
 
@@ -474,9 +475,7 @@ def conversation_reassign(*, conversation_id: str, agent_id: str, actor: str) ->
         raise Conflict("The conversation is closed.", code="conversation_closed")
     if conversation.assigned_agent_id == agent_id and conversation.status == Conversation.Status.ASSIGNED:
         return conversation
-    for offer in Offer.objects.select_for_update().filter(conversation=conversation, state=Offer.State.PENDING):
-        _close_offer(offer, Offer.State.REVOKED, "reassigned")
-        events.send_on_commit(offer.agent_id, {"type": "offer.revoked", "offer_id": offer.id, "reason": "taken"})
+    offers_revoke_for_conversation(conversation=conversation, reason="taken", detail="reassigned")
     agent = Agent.objects.select_for_update().get(pk=agent_id)
     if agent.approval != Agent.Approval.APPROVED:
         raise AgentUnavailable("The agent is not approved.")

@@ -360,3 +360,17 @@ def test_the_sweeper_repairs_a_lost_dispatch_but_leaves_fresh_ones_alone(escalat
     Conversation.objects.filter(pk=conversation.pk).update(queued_at=timezone.now() - timedelta(seconds=3))
     assert dispatch.dispatch_sweep() == 1
     assert offer_of(conversation).agent_id == agent.pk
+
+
+def test_an_agent_whose_offer_is_withdrawn_by_a_cancel_gets_other_work(escalate, make_agent, recorded_jobs):
+    agent = make_agent()
+    first, waiting = escalate(), escalate()
+    recorded_jobs.run("dispatch_conversation")
+    assert offer_of(first).agent_id == agent.pk
+
+    from marketplace import services
+
+    services.conversation_cancel(conversation_id=first.pk, actor="bot")
+    recorded_jobs.run("dispatch_agent")
+
+    assert offer_of(waiting).agent_id == agent.pk
