@@ -61,10 +61,6 @@ class InProcessRunner:
         with self._cv:
             self._heap.clear()
 
-    def pending(self) -> int:
-        with self._cv:
-            return len(self._heap)
-
     def wait_idle(self, timeout: float = 10) -> bool:
         """Wait until no job is running (used between tests); True if idle."""
         with self._cv:

@@ -51,6 +51,7 @@ class AgentAdmin(admin.ModelAdmin):
         "languages",
         "skills",
         "average_rating",
+        "resolution_rate",
         "acceptance_rate",
     )
     list_filter = ("approval", "status")
