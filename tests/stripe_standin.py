@@ -20,6 +20,7 @@ import copy
 import hashlib
 import hmac
 import json
+import os
 import secrets
 import threading
 import time
@@ -32,11 +33,16 @@ from urllib.parse import parse_qsl, urlsplit
 
 import requests
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "stripe"
+# Stripe's spec and fixtures live in the project's shared folder, beside the
+# checkout (as CI has it); SHARED_DIR points elsewhere.
+SHARED = Path(os.environ.get("SHARED_DIR", Path(__file__).resolve().parents[2] / "shared")) / "stripe"
 
 
 def fixtures() -> dict[str, Any]:
-    return json.loads((SHARED / "fixtures3.json").read_text())["resources"]
+    path = SHARED / "fixtures3.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the Stripe stand-in needs ../shared/stripe (or SHARED_DIR)")
+    return json.loads(path.read_text())["resources"]
 
 
 def _nest(pairs: list[tuple[str, str]]) -> dict[str, Any]:
