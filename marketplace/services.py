@@ -303,6 +303,10 @@ def _codes(values: list[str]) -> list[str]:
     return sorted({v.strip().lower() for v in values if v.strip()})
 
 
+def _languages(values: list[str]) -> list[str]:
+    return _codes([primary_language(v) for v in values])
+
+
 @dataclass(frozen=True)
 class AgentInput:
     username: str
@@ -348,21 +352,14 @@ def agent_upsert(*, data: AgentInput) -> Agent:
     user, _ = get_user_model().objects.get_or_create(username=data.username)
     user.set_password(data.password)
     user.save()
+    profile = {
+        "display_name": data.display_name or data.username,
+        "languages": _languages(data.languages),
+        "skills": _codes(data.skills),
+        "capacity": data.capacity,
+    }
     agent, _ = Agent.objects.update_or_create(
-        user=user,
-        defaults={
-            "display_name": data.display_name or data.username,
-            "languages": _codes([primary_language(v) for v in data.languages]),
-            "skills": _codes(data.skills),
-            "capacity": data.capacity,
-        },
-        create_defaults={
-            "display_name": data.display_name or data.username,
-            "languages": _codes([primary_language(v) for v in data.languages]),
-            "skills": _codes(data.skills),
-            "capacity": data.capacity,
-            "approval": Agent.Approval.APPROVED,
-        },
+        user=user, defaults=profile, create_defaults={**profile, "approval": Agent.Approval.APPROVED}
     )
     return agent
 
@@ -392,7 +389,7 @@ def agents_create_bulk(*, prefix: str, count: int, template: AgentInput) -> list
             Agent(
                 user=user,
                 display_name=user.username,
-                languages=_codes([primary_language(v) for v in template.languages]),
+                languages=_languages(template.languages),
                 skills=_codes(template.skills),
                 capacity=template.capacity,
                 approval=Agent.Approval.APPROVED,

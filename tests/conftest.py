@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -23,6 +23,8 @@ from django.test import Client
 from config import jobs
 from marketplace import services, signing
 from marketplace.models import Agent, BotIntegration
+
+from .processes import local_http_server
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -269,11 +271,6 @@ def callback_receiver() -> Iterator[CallbackReceiver]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/callbacks"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield receiver
-    server.shutdown()
-    server.server_close()
+    with local_http_server(Handler) as base:
+        receiver.url = f"{base}/callbacks"
+        yield receiver

@@ -26,12 +26,14 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
+
+from .processes import local_http_server
 
 # Stripe's spec and fixtures live in the project's shared folder, beside the
 # checkout (as CI has it); SHARED_DIR points elsewhere.
@@ -362,13 +364,6 @@ def serve() -> Iterator[StripeStandIn]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    standin.base = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with local_http_server(Handler) as base:
+        standin.base = base
         yield standin
-    finally:
-        server.shutdown()
-        server.server_close()
