@@ -196,6 +196,8 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # workers), so a slow bot never delays offers to agents.
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_TASK_ROUTES = {"marketplace.tasks.deliver_callbacks": {"queue": "callbacks"}}
+# Stripe calls wait on the network too; they share the callbacks' queue of slow I/O.
+CELERY_TASK_ROUTES.update({f"payouts.tasks.{name}": {"queue": "callbacks"} for name in ("submit_transfer", "submit_reversal")})
 JOB_THREADS = {"celery": env_int("JOB_THREADS", 4), "callbacks": env_int("CALLBACK_THREADS", 8)}
 
 # Periodic jobs. Celery beat runs them in production (django-celery-beat copies
@@ -211,6 +213,10 @@ PERIODIC_JOBS = {
     "presence-sweep": {"task": "dispatch.tasks.sweep_presence", "seconds": env_float("PRESENCE_SWEEP_SECONDS", 5)},
     # Tells bots of changed queue positions, at most every QUEUE_UPDATE_MIN_SECONDS per conversation.
     "queue-updates": {"task": "dispatch.tasks.push_queue_updates", "seconds": env_float("QUEUE_UPDATE_SECONDS", 5)},
+    # Releases earnings past their hold, and retries transfers, reversals and Stripe events left behind.
+    "payouts-sweep": {"task": "payouts.tasks.sweep_payouts", "seconds": env_float("PAYOUT_SWEEP_SECONDS", 10)},
+    # Tops up last week's earnings to the floor, once per agent and week.
+    "earnings-floor": {"task": "payouts.tasks.close_floor_weeks", "seconds": env_float("FLOOR_SWEEP_SECONDS", 3600)},
 }
 CELERY_BEAT_SCHEDULE = {name: {"task": job["task"], "schedule": job["seconds"]} for name, job in PERIODIC_JOBS.items()}
 
@@ -273,6 +279,23 @@ PRESENCE_GRACE_SECONDS = env_float("PRESENCE_GRACE_SECONDS", 30)
 STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY")
 STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET")
 STRIPE_API_BASE = env_str("STRIPE_API_BASE")
+STRIPE_WEBHOOK_MAX_BYTES = env_int("STRIPE_WEBHOOK_MAX_BYTES", 512 * 1024)
+STRIPE_MAX_NETWORK_RETRIES = env_int("STRIPE_MAX_NETWORK_RETRIES", 2)
+STRIPE_TIMEOUT_SECONDS = env_float("STRIPE_TIMEOUT_SECONDS", 20)
+STRIPE_ACCOUNT_COUNTRY = env_str("STRIPE_ACCOUNT_COUNTRY", "US")
+# Agents whose connected account cannot take transfers may not go online
+# (only while Stripe is configured: without it nobody could).
+PAYOUTS_REQUIRED_TO_GO_ONLINE = env_bool("PAYOUTS_REQUIRED_TO_GO_ONLINE", True)
+# Where Stripe's onboarding sends the agent back to (the agent app).
+APP_BASE_URL = env_str("APP_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
+# A bot may reopen a resolved conversation for this long (disputing its pay).
+REOPEN_WINDOW_SECONDS = env_float("REOPEN_WINDOW_SECONDS", 7 * 24 * 3600)
+# Retries of a transfer or reversal that Stripe could not take (network, 5xx).
+TRANSFER_RETRY_BASE_SECONDS = env_float("TRANSFER_RETRY_BASE_SECONDS", 5)
+TRANSFER_RETRY_MAX_SECONDS = env_float("TRANSFER_RETRY_MAX_SECONDS", 900)
+TRANSFER_LEASE_SECONDS = env_float("TRANSFER_LEASE_SECONDS", 60)
+# Floor top-ups for a week are computed this long after it ends (late resolutions count).
+FLOOR_CLOSE_AFTER_SECONDS = env_float("FLOOR_CLOSE_AFTER_SECONDS", 3600)
 PLATFORM_CURRENCY = env_str("PLATFORM_CURRENCY", "usd").lower()
 
 # Bot API

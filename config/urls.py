@@ -5,6 +5,7 @@ from rest_framework.authtoken.views import obtain_auth_token
 
 from marketplace import api as bot_api
 from marketplace import demo
+from payouts import api as payouts_api
 
 from . import errors, health
 
@@ -46,10 +47,19 @@ urlpatterns = [
         name="escalation-cancel",
     ),
     path(
+        "api/v1/escalations/<id:conversation_id>/reopen",
+        bot_api.EscalationReopenApi.as_view(),
+        name="escalation-reopen",
+    ),
+    path(
         "api/v1/escalations/<id:conversation_id>/rating",
         bot_api.EscalationRatingApi.as_view(),
         name="escalation-rating",
     ),
+    path("api/v1/agent/payouts/onboarding", payouts_api.OnboardingApi.as_view(), name="payouts-onboarding"),
+    path("api/v1/agent/payouts", payouts_api.PayoutStatusApi.as_view(), name="payouts-status"),
+    path("api/v1/agent/earnings", payouts_api.EarningsApi.as_view(), name="earnings"),
+    path("webhooks/stripe/", payouts_api.StripeWebhookView.as_view(), name="stripe-webhook"),
     path("demo/bot/callbacks", demo.DemoBotCallbackView.as_view(), name="demo-bot-callbacks"),
     path("admin/", admin.site.urls),
     # Whatever else is asked of the API is a JSON 404, in development too.

@@ -28,8 +28,11 @@ class Offer(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField()
     responded_at = models.DateTimeField(null=True, blank=True)
-    pay_amount = models.PositiveIntegerField(help_text="Minor units")
+    pay_amount = models.PositiveIntegerField(help_text="Minor units: what a resolution pays, surge included")
     pay_currency = models.CharField(max_length=3)
+    pay_base = models.PositiveIntegerField(default=0, help_text="The pay rule's amount before surge")
+    pay_surge = models.DecimalField(max_digits=4, decimal_places=2, default=1, help_text="Surge multiplier applied")
+    pay_bonus = models.PositiveIntegerField(default=0, help_text="Quality bonus if the customer rates 4 or 5")
     reason = models.CharField(max_length=200, blank=True, help_text="Why it was declined or revoked")
 
     class Meta:
@@ -102,3 +105,43 @@ class DispatchWeights(models.Model):
     @classmethod
     def current(cls) -> DispatchWeights:
         return cls.objects.order_by("pk").first() or cls()
+
+
+class Assignment(models.Model):
+    """One spell of a conversation with one agent, from assignment to its end.
+
+    It holds the pay quote locked when the agent accepted (what a resolution in
+    this spell pays), and its times count as engaged time for the earnings floor.
+    A conversation re-queued or reopened gets a new assignment later.
+    """
+
+    class End(models.TextChoices):
+        RESOLVED = "resolved"
+        UNRESOLVED = "unresolved"
+        REQUEUED = "requeued"
+        REASSIGNED = "reassigned"
+        CANCELLED = "cancelled"
+
+    conversation = models.ForeignKey(
+        "marketplace.Conversation", on_delete=models.CASCADE, related_name="assignments"
+    )
+    agent = models.ForeignKey("marketplace.Agent", on_delete=models.PROTECT, related_name="assignments")
+    offer = models.OneToOneField(Offer, null=True, blank=True, on_delete=models.SET_NULL, related_name="assignment")
+    pay_amount = models.PositiveIntegerField(help_text="Minor units, locked at acceptance")
+    pay_currency = models.CharField(max_length=3)
+    quality_bonus = models.PositiveIntegerField(default=0, help_text="Paid on top when the customer rates 4 or 5")
+    started_at = models.DateTimeField(default=timezone.now)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end_reason = models.CharField(max_length=16, choices=End.choices, blank=True)
+
+    class Meta:
+        constraints = [
+            # A conversation is with one agent at a time.
+            models.UniqueConstraint(
+                fields=["conversation"], condition=Q(ended_at__isnull=True), name="assignment_one_open_per_conversation"
+            ),
+        ]
+        indexes = [models.Index(fields=["agent", "started_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.conversation_id} with {self.agent_id} from {self.started_at:%Y-%m-%d %H:%M}"

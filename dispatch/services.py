@@ -30,9 +30,11 @@ from marketplace.services import (
     queue_key_for,
 )
 from payouts import pricing
+from payouts import selectors as payout_selectors
+from payouts import services as payout_services
 
 from . import events, selectors, tasks
-from .models import AgentConnection, Offer, ServerHeartbeat
+from .models import AgentConnection, Assignment, Offer, ServerHeartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,16 @@ class NotApproved(Conflict):
     default_detail = "Only approved agents can go online."
 
 
+class PayoutsNotReady(Conflict):
+    default_code = "payouts_not_ready"
+    default_detail = "Finish payouts onboarding before going online."
+
+
+class NotReopenable(Conflict):
+    default_code = "not_reopenable"
+    default_detail = "Only a resolved conversation can be reopened, within the reopen window."
+
+
 # --- payloads sent to agents ----------------------------------------------------------
 
 
@@ -74,7 +86,13 @@ def offer_payload(offer: Offer) -> dict[str, Any]:
         "topic": conversation.topic,
         "priority": conversation.priority,
         "summary": conversation.summary,
-        "pay": {"amount": offer.pay_amount, "currency": offer.pay_currency},
+        "pay": {
+            "amount": offer.pay_amount,
+            "currency": offer.pay_currency,
+            "base": offer.pay_base,
+            "surge": float(offer.pay_surge),
+            "quality_bonus": offer.pay_bonus,
+        },
         "expires_at": _iso(offer.expires_at),
     }
 
@@ -107,6 +125,7 @@ def hello_payload(agent_id: str) -> dict[str, Any]:
             "capacity": agent.capacity,
             "approval": agent.approval,
         },
+        "payouts": payout_selectors.account_status(agent),
         "status": agent.status,
         "active_conversations": [conversation_payload(c) for c in selectors.active_conversations(agent_id)],
         "pending_offer": offer_payload(offer) if offer is not None else None,
@@ -139,6 +158,9 @@ def offer_create(*, conversation_id: str, agent_id: str) -> Offer:
                 expires_at=timezone.now() + timedelta(seconds=settings.OFFER_TIMEOUT_SECONDS),
                 pay_amount=quote.amount,
                 pay_currency=quote.currency,
+                pay_base=quote.base,
+                pay_surge=quote.surge,
+                pay_bonus=quote.quality_bonus,
             )
     except IntegrityError as exc:  # the partial unique indexes: one open offer per agent and conversation
         raise AgentUnavailable() from exc
@@ -193,7 +215,7 @@ def offer_accept(*, offer_id: str, agent: Agent) -> Conversation:
         )
         if took_slot:
             _close_offer(offer, Offer.State.ACCEPTED)
-            _assign(conversation, agent, actor=f"agent:{agent.pk}", data={"offer_id": offer.id})
+            _assign(conversation, agent, actor=f"agent:{agent.pk}", data={"offer_id": offer.id}, offer=offer)
             if Agent.objects.filter(pk=agent.pk, active_count__lt=F("capacity")).exists():
                 jobs.enqueue_on_commit(tasks.dispatch_agent, agent.pk)  # room for more: offer the next one now
             return conversation
@@ -204,8 +226,22 @@ def offer_accept(*, offer_id: str, agent: Agent) -> Conversation:
     raise AgentUnavailable("No free capacity left.")
 
 
-def _assign(conversation: Conversation, agent: Agent, *, actor: str, data: dict[str, Any]) -> None:
-    """The conversation (locked) becomes the agent's; the slot is already taken."""
+def _assign(
+    conversation: Conversation, agent: Agent, *, actor: str, data: dict[str, Any], offer: Offer | None = None
+) -> None:
+    """The conversation (locked) becomes the agent's; the slot is already taken.
+
+    The pay is locked here: the accepted offer's quote, or (an admin's
+    reassignment, which has no offer) a quote taken now.
+    """
+    if offer is not None:
+        pay = (offer.pay_amount, offer.pay_currency, offer.pay_bonus)
+    else:
+        quote = pricing.quote(conversation)
+        pay = (quote.amount, quote.currency, quote.quality_bonus)
+    Assignment.objects.create(
+        conversation=conversation, agent=agent, offer=offer, pay_amount=pay[0], pay_currency=pay[1], quality_bonus=pay[2]
+    )
     conversation.assigned_agent = agent
     conversation_transition(
         conversation=conversation,
@@ -394,6 +430,9 @@ def conversation_resolve(*, conversation_id: str, agent: Agent, outcome: str, no
     )
     counter = "resolved_count" if outcome == Conversation.Outcome.RESOLVED else "unresolved_count"
     Agent.objects.filter(pk=agent.pk).update(**{counter: F(counter) + 1})
+    assignment = assignment_end(conversation_id=conversation.id, reason=outcome)
+    if assignment is not None and outcome == Conversation.Outcome.RESOLVED:
+        payout_services.earning_accrue_resolution(assignment=assignment)  # no pay for `unresolved`
     agent_release_slot(agent.pk)
     callbacks.callback_enqueue(conversation=conversation, type="conversation.resolved", data={"outcome": outcome})
     events.send_on_commit(
@@ -457,6 +496,7 @@ def conversation_requeue(*, conversation_id: str, actor: str, reason: str, front
             extra_fields=("assigned_agent", "queue_key"),
         )
         if previous_agent:
+            assignment_end(conversation_id=conversation.id, reason=Assignment.End.REQUEUED)
             agent_release_slot(previous_agent)
             events.send_on_commit(
                 previous_agent, {"type": "conversation.closed", "conversation_id": conversation.id, "reason": reason}
@@ -486,12 +526,59 @@ def conversation_reassign(*, conversation_id: str, agent_id: str, actor: str) ->
         raise AgentUnavailable("The agent has no free capacity.")
     previous_agent = conversation.assigned_agent_id if conversation.status == Conversation.Status.ASSIGNED else None
     if previous_agent:
+        assignment_end(conversation_id=conversation.id, reason=Assignment.End.REASSIGNED)
         agent_release_slot(previous_agent)
         events.send_on_commit(
             previous_agent, {"type": "conversation.closed", "conversation_id": conversation.id, "reason": "reassigned"}
         )
         jobs.enqueue_on_commit(tasks.dispatch_agent, previous_agent)
     _assign(conversation, agent, actor=actor, data={"reassigned_from": previous_agent})
+    return conversation
+
+
+def assignment_end(*, conversation_id: str, reason: str) -> Assignment | None:
+    """Close the conversation's open assignment (the caller holds the conversation's lock)."""
+    assignment = Assignment.objects.select_for_update().filter(conversation_id=conversation_id, ended_at=None).first()
+    if assignment is not None:
+        assignment.ended_at = timezone.now()
+        assignment.end_reason = reason
+        assignment.save(update_fields=["ended_at", "end_reason"])
+    return assignment
+
+
+def conversation_reopen(*, conversation_id: str, actor: str, reason: str) -> Conversation:
+    """The bot says the customer is back: the resolution did not hold.
+
+    The resolution's pay is disputed (voided inside the hold, clawed back after),
+    and the conversation waits again at the front of the queue with its history.
+    """
+    with transaction.atomic():
+        conversation = Conversation.objects.select_for_update().get(pk=conversation_id)
+        window = timedelta(seconds=settings.REOPEN_WINDOW_SECONDS)
+        if conversation.status != Conversation.Status.RESOLVED or (
+            conversation.resolved_at and conversation.resolved_at + window < timezone.now()
+        ):
+            raise NotReopenable()
+        last = conversation.assignments.order_by("-started_at").first()
+        now = timezone.now()
+        conversation.outcome = ""
+        conversation.rating_score = None
+        conversation.rating_comment = ""
+        conversation.rated_at = None
+        conversation.queue_key = now - timedelta(seconds=settings.QUEUE_FRONT_HEAD_START_SECONDS)
+        conversation_transition(
+            conversation=conversation,
+            to=Conversation.Status.QUEUED,
+            actor=actor,
+            data={"reason": "reopened", "detail": reason[:200], "previous_agent": last.agent_id if last else None},
+            extra_fields=("outcome", "rating_score", "rating_comment", "rated_at", "queue_key"),
+        )
+        conversation_notify_queued(conversation, reason="reopened")
+        jobs.enqueue_on_commit(tasks.dispatch_conversation, conversation.id)
+        if last is not None:
+            payout_services.earnings_dispute_for_assignment(
+                assignment_id=last.pk, reason=f"reopened: {reason}" if reason else "reopened", actor=actor
+            )
     return conversation
 
 
@@ -504,6 +591,10 @@ def agent_set_status(*, agent_id: str, status: str, actor: str) -> Agent:
         agent = Agent.objects.select_for_update().get(pk=agent_id)
         if status == Agent.Status.ONLINE and agent.approval != Agent.Approval.APPROVED:
             raise NotApproved()
+        if status == Agent.Status.ONLINE:
+            readiness = payout_selectors.payout_readiness(agent)
+            if not readiness.ready:
+                raise PayoutsNotReady(readiness.detail)
         if agent.status != status:
             now = timezone.now()
             if status == Agent.Status.ONLINE:

@@ -22,6 +22,7 @@ from .serializers import (
     MessageInputSerializer,
     MessageOutputSerializer,
     RatingInputSerializer,
+    ReopenInputSerializer,
 )
 
 _ERRORS = {
@@ -119,6 +120,33 @@ class EscalationCancelApi(BotApi):
     def post(self, request: Request, conversation_id: str) -> Response:
         conversation = self.conversation(conversation_id)
         return self.render(services.conversation_cancel(conversation_id=conversation.pk, actor=self.actor()))
+
+
+class EscalationReopenApi(BotApi):
+    @extend_schema(
+        operation_id="escalation_reopen",
+        request=ReopenInputSerializer,
+        responses={
+            200: ConversationOutputSerializer,
+            409: OpenApiResponse(description="Not resolved, or past the reopen window"),
+            **_ERRORS,
+        },
+        description=(
+            "The customer came back: the resolution did not hold. The conversation waits again at the front "
+            "of the queue with its whole history, and the resolution's pay is disputed (withheld inside the "
+            "payout hold, clawed back after it)."
+        ),
+    )
+    def post(self, request: Request, conversation_id: str) -> Response:
+        from dispatch.services import conversation_reopen  # dispatch builds on this app
+
+        conversation = self.conversation(conversation_id)
+        serializer = ReopenInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        reopened = conversation_reopen(
+            conversation_id=conversation.pk, actor=self.actor(), reason=serializer.validated_data["reason"]
+        )
+        return self.render(reopened)
 
 
 class EscalationRatingApi(BotApi):

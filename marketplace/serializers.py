@@ -71,6 +71,10 @@ class RatingInputSerializer(serializers.Serializer):
     comment = StrictCharField(max_length=5_000, required=False, allow_blank=True, default="")
 
 
+class ReopenInputSerializer(serializers.Serializer):
+    reason = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
+
+
 class AgentPublicSerializer(serializers.Serializer):
     display_name = serializers.CharField()
 

@@ -213,6 +213,7 @@ def conversation_cancel(*, conversation_id: str, actor: str, reason: str = "cust
         conversation=conversation, to=Conversation.Status.CANCELLED, actor=actor, data={"reason": reason}
     )
     if agent_id:
+        dispatch_services.assignment_end(conversation_id=conversation.id, reason="cancelled")
         agent_release_slot(agent_id)
         agent_events.send_on_commit(
             agent_id, {"type": "conversation.closed", "conversation_id": conversation.id, "reason": "cancelled"}
@@ -238,6 +239,9 @@ def conversation_rate(*, conversation_id: str, score: int, comment: str, actor: 
             rating_count=F("rating_count") + 1, rating_sum=F("rating_sum") + score
         )
     conversation_log(conversation=conversation, kind="rated", actor=actor, data={"score": score})
+    from payouts import services as payout_services  # payouts builds on this module
+
+    payout_services.earning_accrue_bonus(conversation=conversation, score=score)
     return conversation
 
 

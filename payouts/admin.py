@@ -1,0 +1,171 @@
+"""Payouts in admin: pay rules and policy, earnings (dispute), transfers (retry), the ledger, Stripe events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from config.errors import ApiError
+from marketplace.admin import ReadOnlyAdmin, ReadOnlyInline
+
+from . import services
+from .models import (
+    ConnectedAccount,
+    Earning,
+    Journal,
+    LedgerLine,
+    PayPolicy,
+    Payout,
+    PayRule,
+    Reversal,
+    StripeEvent,
+    Transfer,
+)
+
+
+def _run(request: HttpRequest, what: str, fn: Any, **kwargs: Any) -> bool:
+    try:
+        fn(**kwargs)
+        return True
+    except ApiError as exc:
+        messages.warning(request, f"{what}: {exc.detail}")
+        return False
+
+
+@admin.register(PayRule)
+class PayRuleAdmin(admin.ModelAdmin):
+    list_display = ("topic", "priority", "language", "amount", "active", "updated_at")
+    list_editable = ("amount", "active")
+    list_filter = ("active", "priority", "language")
+    search_fields = ("topic",)
+
+
+@admin.register(PayPolicy)
+class PayPolicyAdmin(admin.ModelAdmin):
+    list_display = ("default_amount", "surge_enabled", "surge_max", "quality_bonus_amount", "floor_hourly_amount")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return not PayPolicy.objects.exists()  # one row
+
+
+@admin.register(ConnectedAccount)
+class ConnectedAccountAdmin(ReadOnlyAdmin):
+    list_display = (
+        "stripe_account_id",
+        "agent",
+        "transfers_status",
+        "details_submitted",
+        "payouts_enabled",
+        "disabled_reason",
+        "deauthorized_at",
+        "state_as_of",
+    )
+    list_filter = ("transfers_status", "details_submitted", "payouts_enabled")
+    search_fields = ("stripe_account_id", "agent__display_name", "agent__id")
+    list_select_related = ("agent",)
+    actions = ("refresh",)
+
+    @admin.action(description="Refresh from Stripe")
+    def refresh(self, request: HttpRequest, queryset: QuerySet[ConnectedAccount]) -> None:
+        done = sum(_run(request, a.stripe_account_id, services.account_refresh, agent=a.agent) for a in queryset)
+        self.message_user(request, f"Refreshed {done} account(s).", messages.SUCCESS)
+
+
+class TransferInline(ReadOnlyInline):
+    model = Transfer
+    fields = ("id", "state", "amount", "hold_reason", "stripe_transfer_id", "last_error")
+    readonly_fields = fields
+
+
+@admin.register(Earning)
+class EarningAdmin(ReadOnlyAdmin):
+    list_display = ("id", "agent", "kind", "amount", "currency", "state", "conversation", "payable_at", "created_at")
+    list_filter = ("state", "kind", "currency")
+    search_fields = ("id", "agent__display_name", "agent__id", "conversation__id")
+    list_select_related = ("agent", "conversation")
+    date_hierarchy = "created_at"
+    inlines = (TransferInline,)
+    actions = ("dispute",)
+
+    @admin.action(description="Dispute (withhold inside the hold, claw back after)")
+    def dispute(self, request: HttpRequest, queryset: QuerySet[Earning]) -> None:
+        actor = f"admin:{request.user}"
+        done = sum(
+            _run(request, e.pk, services.earning_dispute, earning_id=e.pk, reason="disputed by an admin", actor=actor)
+            for e in queryset
+        )
+        self.message_user(request, f"Disputed {done} earning(s).", messages.SUCCESS)
+
+
+@admin.register(Transfer)
+class TransferAdmin(ReadOnlyAdmin):
+    list_display = (
+        "id",
+        "agent",
+        "amount",
+        "currency",
+        "state",
+        "hold_reason",
+        "stripe_transfer_id",
+        "attempts",
+        "created_at",
+        "paid_at",
+    )
+    list_filter = ("state", "hold_reason", "currency")
+    search_fields = ("id", "stripe_transfer_id", "destination", "agent__display_name", "earning__id")
+    list_select_related = ("agent",)
+    date_hierarchy = "created_at"
+    actions = ("retry",)
+
+    @admin.action(description="Retry (failed or held transfers)")
+    def retry(self, request: HttpRequest, queryset: QuerySet[Transfer]) -> None:
+        actor = f"admin:{request.user}"
+        done = sum(_run(request, t.pk, services.transfer_retry, transfer_id=t.pk, actor=actor) for t in queryset)
+        self.message_user(request, f"Queued {done} transfer(s) again.", messages.SUCCESS)
+
+
+@admin.register(Reversal)
+class ReversalAdmin(ReadOnlyAdmin):
+    list_display = ("id", "transfer", "amount", "currency", "state", "stripe_reversal_id", "last_error", "created_at")
+    list_filter = ("state",)
+    search_fields = ("id", "transfer__id", "stripe_reversal_id", "earning__id")
+
+
+class LedgerLineInline(ReadOnlyInline):
+    model = LedgerLine
+    fields = ("account", "amount", "currency")
+    readonly_fields = fields
+
+
+@admin.register(Journal)
+class JournalAdmin(ReadOnlyAdmin):
+    list_display = ("key", "kind", "agent", "earning", "transfer", "memo", "created_at")
+    list_filter = ("kind",)
+    search_fields = ("key", "agent__display_name", "agent__id", "earning__id", "transfer__id")
+    date_hierarchy = "created_at"
+    inlines = (LedgerLineInline,)
+
+
+@admin.register(LedgerLine)
+class LedgerLineAdmin(ReadOnlyAdmin):
+    list_display = ("journal", "account", "amount", "currency")
+    list_filter = ("currency",)
+    search_fields = ("account", "journal__key")
+    list_select_related = ("journal",)
+
+
+@admin.register(StripeEvent)
+class StripeEventAdmin(ReadOnlyAdmin):
+    list_display = ("id", "type", "account", "created", "received_at", "processed_at", "deliveries", "outcome")
+    list_filter = ("type",)
+    search_fields = ("id", "account")
+
+
+@admin.register(Payout)
+class PayoutAdmin(ReadOnlyAdmin):
+    list_display = ("stripe_payout_id", "account", "amount", "currency", "status", "arrival_date")
+    list_filter = ("status",)
+    search_fields = ("stripe_payout_id", "account__stripe_account_id")

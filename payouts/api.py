@@ -1,0 +1,150 @@
+"""The agent's payouts API (../shared/API.md section 5) and Stripe's webhook endpoint."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import stripe
+from django.conf import settings
+from django.http import HttpRequest, JsonResponse
+from django.utils.decorators import method_decorator
+from django.views import View
+from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from marketplace.models import Agent
+
+from . import selectors, services
+
+logger = logging.getLogger(__name__)
+
+
+class AgentApi(APIView):
+    def agent(self) -> Agent:
+        agent = Agent.objects.select_related("user").filter(user=self.request.user).first()
+        if agent is None:
+            raise PermissionDenied("This account is not an agent.")
+        return agent
+
+
+_STATUS = inline_serializer(
+    "PayoutAccountStatus",
+    {
+        "stripe_configured": serializers.BooleanField(),
+        "account_id": serializers.CharField(allow_null=True),
+        "transfers": serializers.CharField(allow_null=True, help_text="active, inactive or pending"),
+        "details_submitted": serializers.BooleanField(),
+        "payouts_enabled": serializers.BooleanField(),
+        "requirements_due": serializers.ListField(child=serializers.CharField()),
+        "requirements_past_due": serializers.ListField(child=serializers.CharField()),
+        "disabled_reason": serializers.CharField(allow_null=True),
+        "can_receive_transfers": serializers.BooleanField(),
+        "can_go_online": serializers.BooleanField(),
+        "reason": serializers.CharField(allow_null=True),
+        "detail": serializers.CharField(allow_null=True),
+    },
+)
+
+
+class OnboardingApi(AgentApi):
+    @extend_schema(
+        operation_id="payouts_onboarding",
+        request=None,
+        responses={
+            200: inline_serializer(
+                "OnboardingLink",
+                {"url": serializers.URLField(), "expires_at": serializers.DateTimeField(), "account_id": serializers.CharField()},
+            ),
+            502: OpenApiResponse(description="Stripe could not be reached"),
+            503: OpenApiResponse(description="Stripe is not configured on this platform"),
+        },
+        description=(
+            "Creates the agent's Stripe Connect Express account on first use (transfers capability only) "
+            "and returns a fresh, single-use Stripe-hosted onboarding link. Refresh and return lead back "
+            "to /app/payouts."
+        ),
+    )
+    def post(self, request: Request) -> Response:
+        return Response(services.onboarding_link(agent=self.agent()))
+
+
+class PayoutStatusApi(AgentApi):
+    @extend_schema(
+        operation_id="payouts_status",
+        parameters=[OpenApiParameter("refresh", bool, description="Ask Stripe now (back from onboarding)")],
+        responses={200: _STATUS},
+        description="Whether the agent's account can receive transfers, what Stripe still needs, and why not.",
+    )
+    def get(self, request: Request) -> Response:
+        agent = self.agent()
+        if request.query_params.get("refresh") in ("1", "true"):
+            services.account_refresh(agent=agent)
+        return Response(selectors.account_status(agent))
+
+
+class EarningsApi(AgentApi):
+    @extend_schema(
+        operation_id="earnings",
+        parameters=[
+            OpenApiParameter("limit", int, description="Items per page (1-200, default 50)"),
+            OpenApiParameter("before", str, description="ISO timestamp: items created before it (next page)"),
+        ],
+        responses={
+            200: inline_serializer(
+                "Earnings",
+                {
+                    "currency": serializers.CharField(),
+                    "pending": serializers.IntegerField(help_text="Earned, not yet transferred (minor units)"),
+                    "transferred": serializers.IntegerField(help_text="Transferred to the Stripe account, net of reversals"),
+                    "paid_out": serializers.IntegerField(help_text="Paid out by Stripe to the agent's bank"),
+                    "today": serializers.IntegerField(),
+                    "owed_back": serializers.IntegerField(help_text="Clawed back, to be kept from later earnings"),
+                    "has_more": serializers.BooleanField(),
+                    "items": serializers.ListField(child=serializers.DictField()),
+                },
+            )
+        },
+    )
+    def get(self, request: Request) -> Response:
+        params = _PageSerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        return Response(selectors.earnings_summary(self.agent(), **params.validated_data))
+
+
+class _PageSerializer(serializers.Serializer):
+    limit = serializers.IntegerField(min_value=1, max_value=200, default=50)
+    before = serializers.DateTimeField(required=False)
+
+
+def _error(status: int, code: str, detail: str) -> JsonResponse:
+    return JsonResponse({"error": {"code": code, "detail": detail}}, status=status)
+
+
+@method_decorator(csrf_exempt, name="dispatch")
+class StripeWebhookView(View):
+    """Verify, store once, answer at once; a job does the work."""
+
+    def post(self, request: HttpRequest) -> JsonResponse:
+        if not settings.STRIPE_WEBHOOK_SECRET:
+            return _error(503, "stripe_not_configured", "STRIPE_WEBHOOK_SECRET is not set.")
+        if len(request.body) > settings.STRIPE_WEBHOOK_MAX_BYTES:
+            return _error(413, "payload_too_large", "The event is too large.")
+        try:
+            event = stripe.Webhook.construct_event(
+                request.body, request.headers.get("Stripe-Signature", ""), settings.STRIPE_WEBHOOK_SECRET
+            )
+        except stripe.SignatureVerificationError:
+            return _error(400, "invalid_signature", "The Stripe-Signature header does not verify.")
+        except ValueError:
+            return _error(400, "invalid_json", "The body is not a Stripe event.")
+        payload: dict[str, Any] = event.to_dict()
+        if not isinstance(payload.get("id"), str) or not payload["id"].startswith("evt_"):
+            return _error(400, "invalid_event", "The event has no id.")
+        stored, created = services.stripe_event_record(event=payload)
+        return JsonResponse({"received": True, "duplicate": not created, "id": stored.id})

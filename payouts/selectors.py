@@ -1,0 +1,168 @@
+"""Reads for the agent app, the admin and reconciliation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, time
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Count, Q, QuerySet, Sum
+from django.utils import timezone
+
+from marketplace.models import Agent
+
+from . import stripe_api
+from .models import ConnectedAccount, Earning, LedgerLine, Payout, Transfer
+
+
+@dataclass(frozen=True)
+class PayoutReadiness:
+    ready: bool  # may go online (as far as payouts go)
+    can_receive_transfers: bool
+    reason: str  # machine-readable when not ready
+    detail: str  # for the agent
+
+
+def payout_readiness(agent: Agent, account: ConnectedAccount | None = None) -> PayoutReadiness:
+    account = account or ConnectedAccount.objects.filter(agent=agent).first()
+    can_receive = bool(account and account.can_receive_transfers)
+    required = settings.PAYOUTS_REQUIRED_TO_GO_ONLINE and stripe_api.configured()
+    if can_receive:
+        return PayoutReadiness(True, True, "", "")
+    if account is None:
+        reason, detail = "onboarding_required", "Set up payouts with Stripe before going online."
+    elif account.deauthorized_at is not None:
+        reason, detail = "account_disconnected", "Your Stripe account was disconnected; connect it again."
+    else:
+        due = [*account.requirements_past_due, *account.requirements_due]
+        reason = "requirements_due" if due else "transfers_inactive"
+        detail = (
+            "Stripe still needs: " + ", ".join(due) if due else "Stripe has not enabled transfers to your account yet."
+        )
+        if account.disabled_reason:
+            detail += f" ({account.disabled_reason})"
+    return PayoutReadiness(not required, False, reason, detail)
+
+
+def account_status(agent: Agent) -> dict[str, Any]:
+    account = ConnectedAccount.objects.filter(agent=agent).first()
+    readiness = payout_readiness(agent, account)
+    return {
+        "stripe_configured": stripe_api.configured(),
+        "account_id": account.stripe_account_id if account else None,
+        "transfers": account.transfers_status if account else None,
+        "details_submitted": account.details_submitted if account else False,
+        "payouts_enabled": account.payouts_enabled if account else False,
+        "requirements_due": account.requirements_due if account else [],
+        "requirements_past_due": account.requirements_past_due if account else [],
+        "disabled_reason": (account.disabled_reason or None) if account else None,
+        "can_receive_transfers": readiness.can_receive_transfers,
+        "can_go_online": readiness.ready,
+        "reason": readiness.reason or None,
+        "detail": readiness.detail or None,
+    }
+
+
+def earning_status(earning: Earning) -> str:
+    """held, pending, submitted, paid, failed, offset or disputed (clawed back when it had been paid)."""
+    if earning.state == Earning.State.HELD:
+        return "held"
+    if earning.state == Earning.State.DISPUTED:
+        return "disputed"
+    transfer = getattr(earning, "transfer", None)
+    return transfer.state if transfer is not None else "offset"
+
+
+def _sum(queryset: QuerySet[Any], field: str) -> int:
+    return int(queryset.aggregate(total=Sum(field))["total"] or 0)
+
+
+def earnings_summary(agent: Agent, *, limit: int = 50, before: datetime | None = None) -> dict[str, Any]:
+    currency = settings.PLATFORM_CURRENCY
+    earnings = Earning.objects.filter(agent=agent, currency=currency)
+    live = earnings.exclude(state=Earning.State.DISPUTED)
+    held = _sum(live.filter(state=Earning.State.HELD), "amount")
+    in_flight = _sum(
+        Transfer.objects.filter(
+            agent=agent, currency=currency, state__in=[Transfer.State.PENDING, Transfer.State.SUBMITTED]
+        ).exclude(earning__state=Earning.State.DISPUTED),
+        "amount",
+    )
+    paid = Transfer.objects.filter(agent=agent, currency=currency, state=Transfer.State.PAID)
+    transferred = _sum(paid, "amount") - _sum(paid, "amount_reversed")
+    paid_out = _sum(Payout.objects.filter(account__agent=agent, currency=currency, status="paid"), "amount")
+    midnight = datetime.combine(timezone.now().date(), time.min, tzinfo=timezone.now().tzinfo)
+    today = _sum(live.filter(created_at__gte=midnight), "amount")
+    owed_back = LedgerLine.objects.filter(account=f"agent:{agent.pk}:receivable", currency=currency).aggregate(
+        total=Sum("amount")
+    )["total"]
+    page = earnings.select_related("transfer").order_by("-created_at", "-id")
+    if before is not None:
+        page = page.filter(created_at__lt=before)
+    items = list(page[: limit + 1])
+    return {
+        "currency": currency,
+        "pending": held + in_flight,
+        "transferred": transferred,
+        "paid_out": paid_out,
+        "today": today,
+        "owed_back": max(int(owed_back or 0), 0),
+        "items": [earning_item(e) for e in items[:limit]],
+        "has_more": len(items) > limit,
+    }
+
+
+def earning_item(earning: Earning) -> dict[str, Any]:
+    transfer = getattr(earning, "transfer", None)
+    return {
+        "id": earning.id,
+        "kind": earning.kind,
+        "conversation_id": earning.conversation_id,
+        "week_start": earning.week_start,
+        "amount": earning.amount,
+        "currency": earning.currency,
+        "status": earning_status(earning),
+        "offset_amount": earning.offset_amount,
+        "created_at": earning.created_at,
+        "payable_at": earning.payable_at,
+        "disputed_at": earning.disputed_at,
+        "detail": earning.detail,
+        "transfer": None
+        if transfer is None
+        else {
+            "id": transfer.id,
+            "status": transfer.state,
+            "amount": transfer.amount,
+            "amount_reversed": transfer.amount_reversed,
+            "hold_reason": transfer.hold_reason or None,
+            "stripe_transfer_id": transfer.stripe_transfer_id,
+            "paid_at": transfer.paid_at,
+        },
+    }
+
+
+def ledger_imbalances() -> list[dict[str, Any]]:
+    """Journals whose lines do not sum to zero (there should be none), and the grand total per currency."""
+    bad = (
+        LedgerLine.objects.values("journal_id", "currency")
+        .annotate(total=Sum("amount"))
+        .exclude(total=0)
+        .order_by("journal_id")
+    )
+    return list(bad)
+
+
+def ledger_totals() -> dict[str, int]:
+    return {
+        row["currency"]: int(row["total"] or 0)
+        for row in LedgerLine.objects.values("currency").annotate(total=Sum("amount"))
+    }
+
+
+def transfers_by_state() -> dict[str, int]:
+    return {row["state"]: row["n"] for row in Transfer.objects.values("state").annotate(n=Count("pk"))}
+
+
+def held_transfers() -> QuerySet[Transfer]:
+    return Transfer.objects.filter(Q(state=Transfer.State.PENDING) & ~Q(hold_reason=""))
