@@ -54,6 +54,11 @@ PAY_EXPENSE = "platform:pay_expense"
 STRIPE_BALANCE = "platform:stripe_balance"
 
 
+def as_dict(obj: Any) -> dict[str, Any]:
+    """Stripe's objects are not dicts (stripe-python 15+); events and our code use plain dicts."""
+    return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
+
+
 def payable_account(agent_id: str) -> str:
     return f"agent:{agent_id}:payable"
 
@@ -341,7 +346,7 @@ def _find_at_stripe(client: stripe.StripeClient, transfer: Transfer) -> stripe.T
     """The transfer we may already have made: Stripe's list filtered by our id as transfer_group."""
     found = client.v1.transfers.list(params={"transfer_group": transfer.id, "limit": 10})
     for candidate in found.data:
-        if candidate.metadata and candidate.metadata.get("transfer_id") == transfer.id:
+        if (as_dict(candidate).get("metadata") or {}).get("transfer_id") == transfer.id:
             return candidate
     return None
 
@@ -438,6 +443,7 @@ def _transfer_refused(transfer: Transfer, exc: stripe.StripeError) -> str:
 @transaction.atomic
 def transfer_settle_paid(*, transfer_id: str, stripe_transfer: Any) -> Transfer:
     """Stripe has the transfer: record it (once) and post it to the ledger."""
+    stripe_transfer = as_dict(stripe_transfer)
     transfer = Transfer.objects.select_for_update().get(pk=transfer_id)
     if transfer.state == Transfer.State.PAID:
         return transfer
@@ -520,7 +526,7 @@ def _reversal_submit(reversal: Reversal) -> str:
         except stripe.StripeError as exc:
             return _reversal_retry_later(reversal, exc)
         for candidate in listed.data:
-            if candidate.metadata and candidate.metadata.get("reversal_id") == reversal.id:
+            if (as_dict(candidate).get("metadata") or {}).get("reversal_id") == reversal.id:
                 reversal_settle(reversal_id=reversal.id, stripe_reversal_id=candidate.id)
                 return "succeeded"
     else:
@@ -650,8 +656,14 @@ def _stripe_call(call: Any) -> Any:
 
 def _account_apply(account: ConnectedAccount, obj: Any, as_of: datetime | None) -> ConnectedAccount:
     """Stripe's account object, applied unless we already hold a newer state."""
-    if as_of is not None and account.state_as_of is not None and as_of < account.state_as_of:
-        return account
+    obj = as_dict(obj)
+    if as_of is not None and account.state_as_of is not None:
+        if as_of < account.state_as_of:
+            return account  # an older event arriving late
+        if as_of == account.state_as_of and stripe_api.configured():
+            # Two states within one second (Stripe's timestamps are whole seconds):
+            # which one is newer is unknown, so ask Stripe once this is applied.
+            jobs.enqueue_on_commit(tasks.refresh_account, account.agent_id)
     requirements = obj.get("requirements") or {}
     capabilities = obj.get("capabilities") or {}
     account.transfers_status = capabilities.get("transfers") or "inactive"
@@ -660,7 +672,7 @@ def _account_apply(account: ConnectedAccount, obj: Any, as_of: datetime | None) 
     account.requirements_due = list(requirements.get("currently_due") or [])
     account.requirements_past_due = list(requirements.get("past_due") or [])
     account.disabled_reason = requirements.get("disabled_reason") or ""
-    account.state_as_of = as_of or timezone.now()
+    account.state_as_of = as_of or _whole_second(timezone.now())
     account.save()
     if account.can_receive_transfers:
         transaction.on_commit(
@@ -669,6 +681,10 @@ def _account_apply(account: ConnectedAccount, obj: Any, as_of: datetime | None) 
             )
         )
     return account
+
+
+def _whole_second(moment: datetime) -> datetime:
+    return moment.replace(microsecond=0)
 
 
 def account_ensure(*, agent: Agent) -> ConnectedAccount:
@@ -724,7 +740,8 @@ def account_refresh(*, agent: Agent) -> ConnectedAccount | None:
     obj = _stripe_call(lambda client: client.v1.accounts.retrieve(account.stripe_account_id))
     with transaction.atomic():
         locked = ConnectedAccount.objects.select_for_update().get(pk=account.pk)
-        return _account_apply(locked, obj, timezone.now())
+        locked.state_as_of = None  # what Stripe says now wins over any event
+        return _account_apply(locked, obj, None)
 
 
 # --- Stripe events (webhooks) -----------------------------------------------------------------

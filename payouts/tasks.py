@@ -44,3 +44,14 @@ def close_floor_weeks() -> int:
     from .services import floor_close_due_weeks
 
     return floor_close_due_weeks()
+
+
+@shared_task(name="payouts.tasks.refresh_account")
+def refresh_account(agent_id: str) -> str | None:
+    from marketplace.models import Agent
+
+    from .services import account_refresh
+
+    agent = Agent.objects.filter(pk=agent_id).first()
+    account = account_refresh(agent=agent) if agent else None
+    return account.transfers_status if account else None

@@ -7,7 +7,8 @@ TABLES = ("payouts_journal", "payouts_ledgerline")
 FORWARD = """
 CREATE OR REPLACE FUNCTION payouts_ledger_append_only() RETURNS trigger AS $$
 BEGIN
-    RAISE EXCEPTION 'the ledger is append-only: % on % refused (post a correcting journal instead)', TG_OP, TG_TABLE_NAME;
+    RAISE EXCEPTION USING MESSAGE = 'the ledger is append-only: ' || TG_OP || ' on ' || TG_TABLE_NAME
+        || ' refused (post a correcting journal instead)';
 END;
 $$ LANGUAGE plpgsql;
 """ + "".join(

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from marketplace.management.commands._output import print_json
 from payouts import selectors, stripe_api
 from payouts.models import Transfer
+from payouts.services import as_dict
 
 
 class Command(BaseCommand):
@@ -42,7 +43,7 @@ class Command(BaseCommand):
         listing = client.v1.transfers.list(params={"limit": 100, "created": {"gte": int(since.timestamp())}})
         for item in tqdm(listing.auto_paging_iter(), desc="Stripe transfers", unit="tr", disable=not progress):
             listed += 1
-            ours = (item.metadata or {}).get("transfer_id")
+            ours = (as_dict(item).get("metadata") or {}).get("transfer_id")
             if ours:
                 at_stripe[ours].append(item)
             else:
