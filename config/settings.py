@@ -197,7 +197,9 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_TASK_ROUTES = {"marketplace.tasks.deliver_callbacks": {"queue": "callbacks"}}
 # Stripe calls wait on the network too; they share the callbacks' queue of slow I/O.
-CELERY_TASK_ROUTES.update({f"payouts.tasks.{name}": {"queue": "callbacks"} for name in ("submit_transfer", "submit_reversal")})
+CELERY_TASK_ROUTES.update(
+    {f"payouts.tasks.{name}": {"queue": "callbacks"} for name in ("submit_transfer", "submit_reversal")}
+)
 JOB_THREADS = {"celery": env_int("JOB_THREADS", 4), "callbacks": env_int("CALLBACK_THREADS", 8)}
 
 # Periodic jobs. Celery beat runs them in production (django-celery-beat copies

@@ -122,9 +122,7 @@ class Assignment(models.Model):
         REASSIGNED = "reassigned"
         CANCELLED = "cancelled"
 
-    conversation = models.ForeignKey(
-        "marketplace.Conversation", on_delete=models.CASCADE, related_name="assignments"
-    )
+    conversation = models.ForeignKey("marketplace.Conversation", on_delete=models.CASCADE, related_name="assignments")
     agent = models.ForeignKey("marketplace.Agent", on_delete=models.PROTECT, related_name="assignments")
     offer = models.OneToOneField(Offer, null=True, blank=True, on_delete=models.SET_NULL, related_name="assignment")
     pay_amount = models.PositiveIntegerField(help_text="Minor units, locked at acceptance")

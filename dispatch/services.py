@@ -240,7 +240,12 @@ def _assign(
         quote = pricing.quote(conversation)
         pay = (quote.amount, quote.currency, quote.quality_bonus)
     Assignment.objects.create(
-        conversation=conversation, agent=agent, offer=offer, pay_amount=pay[0], pay_currency=pay[1], quality_bonus=pay[2]
+        conversation=conversation,
+        agent=agent,
+        offer=offer,
+        pay_amount=pay[0],
+        pay_currency=pay[1],
+        quality_bonus=pay[2],
     )
     conversation.assigned_agent = agent
     conversation_transition(

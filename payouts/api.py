@@ -59,7 +59,11 @@ class OnboardingApi(AgentApi):
         responses={
             200: inline_serializer(
                 "OnboardingLink",
-                {"url": serializers.URLField(), "expires_at": serializers.DateTimeField(), "account_id": serializers.CharField()},
+                {
+                    "url": serializers.URLField(),
+                    "expires_at": serializers.DateTimeField(),
+                    "account_id": serializers.CharField(),
+                },
             ),
             502: OpenApiResponse(description="Stripe could not be reached"),
             503: OpenApiResponse(description="Stripe is not configured on this platform"),
@@ -101,7 +105,9 @@ class EarningsApi(AgentApi):
                 {
                     "currency": serializers.CharField(),
                     "pending": serializers.IntegerField(help_text="Earned, not yet transferred (minor units)"),
-                    "transferred": serializers.IntegerField(help_text="Transferred to the Stripe account, net of reversals"),
+                    "transferred": serializers.IntegerField(
+                        help_text="Transferred to the Stripe account, net of reversals"
+                    ),
                     "paid_out": serializers.IntegerField(help_text="Paid out by Stripe to the agent's bank"),
                     "today": serializers.IntegerField(),
                     "owed_back": serializers.IntegerField(help_text="Clawed back, to be kept from later earnings"),

@@ -22,7 +22,7 @@ import logging
 import random
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import stripe
 from django.conf import settings
@@ -41,12 +41,15 @@ from .models import (
     Earning,
     Journal,
     LedgerLine,
-    PayPolicy,
     Payout,
+    PayPolicy,
     Reversal,
     StripeEvent,
     Transfer,
 )
+
+if TYPE_CHECKING:
+    from stripe.params import TransferCreateParams
 
 logger = logging.getLogger(__name__)
 
@@ -325,7 +328,7 @@ def _update(row: Transfer | Reversal, **fields: Any) -> None:
     type(row).objects.filter(pk=row.pk).update(**fields, updated_at=timezone.now())
 
 
-def _transfer_params(transfer: Transfer) -> dict[str, Any]:
+def _transfer_params(transfer: Transfer) -> TransferCreateParams:
     earning = transfer.earning
     return {
         "amount": transfer.amount,
@@ -454,7 +457,15 @@ def transfer_settle_paid(*, transfer_id: str, stripe_transfer: Any) -> Transfer:
     transfer.hold_reason = Transfer.Hold.NONE
     transfer.last_error = ""
     transfer.save(
-        update_fields=["state", "stripe_transfer_id", "destination", "paid_at", "hold_reason", "last_error", "updated_at"]
+        update_fields=[
+            "state",
+            "stripe_transfer_id",
+            "destination",
+            "paid_at",
+            "hold_reason",
+            "last_error",
+            "updated_at",
+        ]
     )
     ledger_post(
         key=f"transfer:{transfer.id}",
@@ -517,12 +528,13 @@ def _reversal_submit(reversal: Reversal) -> str:
     transfer = reversal.transfer
     if transfer.state == Transfer.State.FAILED:
         return _reversal_not_needed(reversal)
-    if transfer.state != Transfer.State.PAID or not stripe_api.configured():
+    if transfer.state != Transfer.State.PAID or not transfer.stripe_transfer_id or not stripe_api.configured():
         return "waiting_for_transfer"  # settle_paid (or the sweeper) starts it again
+    stripe_transfer_id: str = transfer.stripe_transfer_id
     client = stripe_api.client()
     if reversal.state == Reversal.State.SUBMITTED:
         try:
-            listed = client.v1.transfers.reversals.list(transfer.stripe_transfer_id, params={"limit": 100})
+            listed = client.v1.transfers.reversals.list(stripe_transfer_id, params={"limit": 100})
         except stripe.StripeError as exc:
             return _reversal_retry_later(reversal, exc)
         for candidate in listed.data:
@@ -533,8 +545,11 @@ def _reversal_submit(reversal: Reversal) -> str:
         _update(reversal, state=Reversal.State.SUBMITTED)
     try:
         created = client.v1.transfers.reversals.create(
-            transfer.stripe_transfer_id,
-            params={"amount": reversal.amount, "metadata": {"reversal_id": reversal.id, "earning_id": reversal.earning_id}},
+            stripe_transfer_id,
+            params={
+                "amount": reversal.amount,
+                "metadata": {"reversal_id": reversal.id, "earning_id": reversal.earning_id},
+            },
             options={"idempotency_key": reversal.idempotency_key},
         )
     except stripe.StripeError as exc:
@@ -854,9 +869,11 @@ def engaged_seconds(*, agent_id: str, start: datetime, end: datetime) -> float:
         agent_id=agent_id, created_at__lt=end, expires_at__gt=start - timedelta(hours=1)
     ).values_list("created_at", "responded_at", "expires_at"):
         spans.append((created, responded or min(expires, now)))
-    for began, ended in Assignment.objects.filter(agent_id=agent_id, started_at__lt=end).filter(
-        Q(ended_at__isnull=True) | Q(ended_at__gt=start)
-    ).values_list("started_at", "ended_at"):
+    for began, ended in (
+        Assignment.objects.filter(agent_id=agent_id, started_at__lt=end)
+        .filter(Q(ended_at__isnull=True) | Q(ended_at__gt=start))
+        .values_list("started_at", "ended_at")
+    ):
         spans.append((began, ended or now))
     total = 0.0
     cursor = start
@@ -878,7 +895,11 @@ def floor_close_week(*, week_start: date) -> list[Earning]:
         Assignment.objects.filter(started_at__lt=end)
         .filter(Q(ended_at__isnull=True) | Q(ended_at__gt=start))
         .values_list("agent_id", flat=True)
-    ) | set(Offer.objects.filter(created_at__gte=start - timedelta(hours=1), created_at__lt=end).values_list("agent_id", flat=True))
+    ) | set(
+        Offer.objects.filter(created_at__gte=start - timedelta(hours=1), created_at__lt=end).values_list(
+            "agent_id", flat=True
+        )
+    )
     topups = []
     for agent_id in sorted(agent_ids):
         if Earning.objects.filter(agent_id=agent_id, kind=Earning.Kind.FLOOR_TOPUP, week_start=week_start).exists():

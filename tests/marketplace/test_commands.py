@@ -11,6 +11,7 @@ from django.core.management.base import CommandError
 from django.test import Client
 
 from marketplace.models import Agent, BotIntegration
+from payouts.models import PayRule
 
 pytestmark = pytest.mark.django_db
 
@@ -108,6 +109,7 @@ def test_seed_demo_is_idempotent():
     assert first["integration"] == again["integration"]
     assert BotIntegration.objects.count() == 1
     assert Agent.objects.count() == len(first["agents"]) == 3
+    assert first["pay_rules"] == again["pay_rules"] and len(first["pay_rules"]) == PayRule.objects.count() == 5
 
 
 def test_a_service_name_is_a_fine_callback_host():

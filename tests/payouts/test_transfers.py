@@ -37,7 +37,9 @@ def test_a_resolution_pays_its_quote_once_to_the_agents_account(stripe_on, make_
 
 
 def transfer_posts(standin) -> list[dict]:
-    return [headers for method, path, _, headers in standin.requests_seen if (method, path) == ("POST", "/v1/transfers")]
+    return [
+        headers for method, path, _, headers in standin.requests_seen if (method, path) == ("POST", "/v1/transfers")
+    ]
 
 
 def test_5xx_is_retried_by_the_library_with_the_same_key(stripe_on, make_agent, resolve):

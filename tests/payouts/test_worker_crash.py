@@ -43,6 +43,7 @@ def test_a_worker_killed_mid_transfer_leaves_exactly_one_transfer(stripe_on, set
         assert Transfer.objects.get(pk=transfer.pk).state == "submitted"
 
         stack.enter_context(celery_worker(env, tmp_path / "worker-2.log", queues="celery,callbacks"))
+
         # The sweeper (celery beat in production) finds it once the dead worker's lease is over.
         def swept_and_paid() -> bool:
             payouts.payouts_sweep()

@@ -10,6 +10,14 @@ from marketplace.models import Agent, BotIntegration
 from ._output import print_json
 
 DEMO_PASSWORD = "demo-pass-123"  # noqa: S105 - demo accounts only
+# Base pay per resolution, in minor units of the platform currency (blank: any).
+DEMO_PAY_RULES = [
+    {"topic": "", "priority": "", "language": "", "amount": 400},
+    {"topic": "refunds", "priority": "", "language": "", "amount": 500},
+    {"topic": "technical", "priority": "", "language": "", "amount": 600},
+    {"topic": "", "priority": "urgent", "language": "", "amount": 700},
+    {"topic": "refunds", "priority": "urgent", "language": "", "amount": 800},
+]
 DEMO_AGENTS = [
     services.AgentInput("alice", DEMO_PASSWORD, ["en", "sv"], ["billing", "refunds"], 2, "Alice"),
     services.AgentInput("bob", DEMO_PASSWORD, ["en"], ["billing", "technical"], 1, "Bob"),
@@ -18,7 +26,7 @@ DEMO_AGENTS = [
 
 
 class Command(BaseCommand):
-    help = "Idempotent demo data: an admin (with DEBUG), a demo bot integration and a few agents."
+    help = "Idempotent demo data: an admin (with DEBUG), a demo bot integration, a few agents and pay rates."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--base-url", default="http://127.0.0.1:8000", help="where this server answers")
@@ -54,5 +62,16 @@ class Command(BaseCommand):
             agent = Agent.objects.get(user__username=spec.username)
             agents.append({"id": agent.id, "username": spec.username, "password": DEMO_PASSWORD})
         result["agents"] = agents
+        from payouts.models import PayRule  # payouts builds on this app
+
+        for rule in DEMO_PAY_RULES:
+            key = {k: rule[k] for k in ("topic", "priority", "language")}
+            if not PayRule.objects.filter(**key).exists():
+                PayRule.objects.create(**rule)
+                created.append(f"pay rule {rule['topic'] or '*'}/{rule['priority'] or '*'}")
+        result["pay_rules"] = [
+            {"topic": r.topic, "priority": r.priority, "language": r.language, "amount": r.amount}
+            for r in PayRule.objects.filter(active=True)
+        ]
         result["created"] = created
         print_json(self, result)

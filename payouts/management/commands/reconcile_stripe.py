@@ -52,7 +52,9 @@ class Command(BaseCommand):
         # Our side.
         ours_qs = Transfer.objects.filter(created_at__gte=since).order_by("created_at")
         checked = 0
-        for transfer in tqdm(ours_qs.iterator(), total=ours_qs.count(), desc="Our transfers", unit="tr", disable=not progress):
+        for transfer in tqdm(
+            ours_qs.iterator(), total=ours_qs.count(), desc="Our transfers", unit="tr", disable=not progress
+        ):
             checked += 1
             found = at_stripe.pop(transfer.id, [])
             if len(found) > 1:
