@@ -322,6 +322,15 @@ def _backoff(attempts: int) -> float:
     return min(base, settings.TRANSFER_RETRY_MAX_SECONDS) * random.uniform(0.8, 1.2)  # noqa: S311 - jitter
 
 
+def _transition(row: Transfer | Reversal, from_state: str, **fields: Any) -> bool:
+    """A conditional UPDATE ... WHERE state = from_state; True if it applied."""
+    changed = type(row).objects.filter(pk=row.pk, state=from_state).update(**fields, updated_at=timezone.now())
+    if changed:
+        for name, value in fields.items():
+            setattr(row, name, value)
+    return bool(changed)
+
+
 def _update(row: Transfer | Reversal, **fields: Any) -> None:
     for name, value in fields.items():
         setattr(row, name, value)
@@ -379,6 +388,19 @@ def _transfer_submit(transfer: Transfer) -> str:
             transfer_settle_paid(transfer_id=transfer.id, stripe_transfer=existing)
             return "paid"
     else:
+        if transfer.earning.state == Earning.State.DISPUTED:
+            # Disputed while it was out and then refused (held): it will never go now,
+            # so the clawback waiting for it has nothing to reverse.
+            _transition(
+                transfer,
+                Transfer.State.PENDING,
+                state=Transfer.State.FAILED,
+                hold_reason=Transfer.Hold.NONE,
+                last_error="cancelled: the earning was disputed",
+            )
+            for reversal_id in Reversal.objects.filter(transfer=transfer).values_list("pk", flat=True):
+                jobs.enqueue(tasks.submit_reversal, reversal_id)
+            return "cancelled"
         account = ConnectedAccount.objects.filter(agent_id=transfer.agent_id).first()
         if account is None:
             _update(transfer, hold_reason=Transfer.Hold.NO_ACCOUNT)
@@ -387,14 +409,17 @@ def _transfer_submit(transfer: Transfer) -> str:
             _update(transfer, hold_reason=Transfer.Hold.ACCOUNT_NOT_READY)
             return "held"
         # Marked (and committed) before the request: a crash from here on leaves an
-        # ambiguous transfer that is looked up, not sent blindly again.
-        _update(
+        # ambiguous transfer that is looked up, not sent blindly again. Conditional:
+        # a dispute that cancelled it a moment ago wins.
+        if not _transition(
             transfer,
+            Transfer.State.PENDING,
             state=Transfer.State.SUBMITTED,
             destination=account.stripe_account_id,
             submitted_at=timezone.now(),
             hold_reason=Transfer.Hold.NONE,
-        )
+        ):
+            return "cancelled"
     try:
         created = client.v1.transfers.create(
             params=_transfer_params(transfer),
@@ -430,15 +455,16 @@ def _transfer_refused(transfer: Transfer, exc: stripe.StripeError) -> str:
         "key_generation": transfer.key_generation + 1,
         "next_attempt_at": None,
     }
+    submitted = Transfer.State.SUBMITTED
     if code == "balance_insufficient":
-        _update(transfer, hold_reason=Transfer.Hold.BALANCE_INSUFFICIENT, **fields)  # until balance.available
-        return "held"
+        _transition(transfer, submitted, hold_reason=Transfer.Hold.BALANCE_INSUFFICIENT, **fields)
+        return "held"  # until balance.available
     if code in ("insufficient_capabilities_for_transfer", "account_invalid") or "capabilit" in error:
         ConnectedAccount.objects.filter(agent_id=transfer.agent_id).update(transfers_status="inactive")
-        _update(transfer, hold_reason=Transfer.Hold.ACCOUNT_NOT_READY, **fields)  # until account.updated
-        return "held"
+        _transition(transfer, submitted, hold_reason=Transfer.Hold.ACCOUNT_NOT_READY, **fields)
+        return "held"  # until account.updated
     fields["state"] = Transfer.State.FAILED
-    _update(transfer, hold_reason=Transfer.Hold.NONE, **fields)
+    _transition(transfer, submitted, hold_reason=Transfer.Hold.NONE, **fields)
     logger.error("transfer %s refused by Stripe: %s", transfer.id, error)
     return "failed"
 
@@ -736,7 +762,6 @@ def onboarding_link(*, agent: Agent) -> dict[str, Any]:
                 "type": "account_onboarding",
                 "refresh_url": f"{base}/app/payouts?onboarding=refresh",
                 "return_url": f"{base}/app/payouts?onboarding=return",
-                "collection_options": {"fields": "currently_due"},
             }
         )
     )

@@ -237,3 +237,42 @@ def test_the_ledger_refuses_edits_and_deletes():
     # Posting the same business event twice posts it once.
     payouts.ledger_post(key="test:1", kind="test", currency="usd", lines=[("a", 5), ("b", -5)])
     assert LedgerLine.objects.count() == 2
+
+
+def test_disputed_while_in_flight_then_refused_is_never_sent(stripe_on, make_agent, resolve, recorded_jobs):
+    """Disputed while the request was out; Stripe then refused it: it is cancelled, and nothing is owed."""
+    agent = make_agent()
+    account = onboard(agent, stripe_on)
+    resolve(agent)
+    recorded_jobs.run("release_earning")
+    transfer = Transfer.objects.get(agent=agent)
+    Transfer.objects.filter(pk=transfer.pk).update(state="submitted", destination=account.stripe_account_id)
+    payouts.earning_dispute(earning_id=transfer.earning_id, reason="refund", actor="admin:ops")
+    stripe_on.faults["POST /v1/transfers"] = ["balance_insufficient"]
+
+    assert payouts.transfer_submit(transfer_id=transfer.pk) == "held"
+    assert payouts.transfer_submit(transfer_id=transfer.pk) == "cancelled"  # balance.available, later
+    for _ in range(3):
+        recorded_jobs.run()
+
+    transfer.refresh_from_db()
+    assert transfer.state == "failed" and stripe_on.transfers == {}
+    assert Reversal.objects.get(earning_id=transfer.earning_id).state == "succeeded"
+    assert balance(f"agent:{agent.pk}:payable") == 0 and balance(f"agent:{agent.pk}:receivable") == 0
+    ledger_sums_to_zero()
+
+
+def test_a_dispute_wins_over_a_worker_about_to_send(stripe_on, make_agent, resolve, recorded_jobs):
+    agent = make_agent()
+    onboard(agent, stripe_on)
+    resolve(agent)
+    recorded_jobs.run("release_earning")
+    transfer = Transfer.objects.select_related("earning").get(agent=agent)
+    payouts.earning_dispute(earning_id=transfer.earning_id, reason="refund", actor="admin:ops")
+
+    # A worker that loaded the row before the dispute committed still cannot send it.
+    assert payouts._transfer_submit(transfer) == "cancelled"
+
+    assert stripe_on.transfers == {}
+    assert Transfer.objects.get(pk=transfer.pk).state == "failed"
+    ledger_sums_to_zero()
