@@ -1,0 +1,95 @@
+"""Payouts in admin: every page opens with data in it; dispute and retry go through the services."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.admin.utils import quote
+from django.contrib.auth import get_user_model
+from django.urls import reverse
+
+from payouts import services as payouts
+from payouts.models import (
+    ConnectedAccount,
+    Earning,
+    Journal,
+    LedgerLine,
+    Payout,
+    PayPolicy,
+    PayRule,
+    StripeEvent,
+    Transfer,
+)
+
+from .conftest import ledger_sums_to_zero
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def admin_client(client):
+    user = get_user_model().objects.create_superuser("root", "root@example.com", "root-pass-123")
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def earned(make_agent, resolve, recorded_jobs):
+    """Without Stripe: a resolution earned, released, and its transfer waits, visibly."""
+    agent = make_agent()
+    earning = resolve(agent).earnings.get()
+    payouts.earning_release(earning_id=earning.pk)
+    assert payouts.transfer_submit(transfer_id=earning.transfer.pk) == "held"
+    PayRule.objects.create(topic="billing", amount=450)
+    PayPolicy.objects.create()
+    account = ConnectedAccount.objects.create(agent=agent, stripe_account_id="acct_admin1")
+    StripeEvent.objects.create(id="evt_admin1", type="account.updated", created="2026-11-23T00:00:00Z", payload={})
+    Payout.objects.create(stripe_payout_id="po_admin1", account=account, amount=100, currency="usd", status="paid")
+    return earning
+
+
+def test_every_payouts_page_lists_and_opens(admin_client, earned):
+    for model in (Earning, Transfer, Journal, LedgerLine, PayRule, PayPolicy, ConnectedAccount, StripeEvent, Payout):
+        meta = model._meta
+        listing = admin_client.get(reverse(f"admin:payouts_{meta.model_name}_changelist"))
+        assert listing.status_code == 200, meta.label
+        instance = model.objects.first()
+        detail = admin_client.get(reverse(f"admin:payouts_{meta.model_name}_change", args=[quote(instance.pk)]))
+        assert detail.status_code == 200, meta.label
+    held = admin_client.get(reverse("admin:payouts_transfer_changelist"), {"hold_reason": "stripe_not_configured"})
+    assert earned.transfer.id in held.content.decode()
+
+
+def test_dispute_action_voids_an_unsent_transfer(admin_client, earned):
+    response = admin_client.post(
+        reverse("admin:payouts_earning_changelist"),
+        {"action": "dispute", "_selected_action": [earned.pk]},
+        follow=True,
+    )
+
+    assert response.status_code == 200 and "Disputed 1 earning" in response.content.decode()
+    earned.refresh_from_db()
+    assert earned.state == "disputed" and earned.transfer.state == "failed"
+    ledger_sums_to_zero()
+
+
+def test_retry_action_sends_a_failed_transfer_again_but_not_a_disputed_one(
+    admin_client, earned, recorded_jobs, django_capture_on_commit_callbacks
+):
+    Transfer.objects.filter(pk=earned.transfer.pk).update(state="failed", last_error="refused")
+    recorded_jobs.clear()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(
+            reverse("admin:payouts_transfer_changelist"), {"action": "retry", "_selected_action": [earned.transfer.pk]}
+        )
+
+    assert Transfer.objects.get(pk=earned.transfer.pk).state == "pending"
+    assert recorded_jobs.names() == ["submit_transfer"]
+    payouts.earning_dispute(earning_id=earned.pk, reason="refund", actor="test")
+    response = admin_client.post(
+        reverse("admin:payouts_transfer_changelist"),
+        {"action": "retry", "_selected_action": [earned.transfer.pk]},
+        follow=True,
+    )
+    assert "stays cancelled" in response.content.decode()
+    assert Transfer.objects.get(pk=earned.transfer.pk).state == "failed"
