@@ -30,6 +30,13 @@ def payout_readiness(agent: Agent, account: ConnectedAccount | None = None) -> P
     required = settings.PAYOUTS_REQUIRED_TO_GO_ONLINE and stripe_api.configured()
     if can_receive:
         return PayoutReadiness(True, True, "", "")
+    if not stripe_api.configured():
+        return PayoutReadiness(
+            True,
+            False,
+            "stripe_not_configured",
+            "Payouts are not set up on this platform yet; earnings accrue meanwhile.",
+        )
     if account is None:
         reason, detail = "onboarding_required", "Set up payouts with Stripe before going online."
     elif account.deauthorized_at is not None:
