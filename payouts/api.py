@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -97,7 +98,8 @@ class EarningsApi(AgentApi):
         operation_id="earnings",
         parameters=[
             OpenApiParameter("limit", int, description="Items per page (1-200, default 50)"),
-            OpenApiParameter("before", str, description="ISO timestamp: items created before it (next page)"),
+            OpenApiParameter("before", str, description="ISO timestamp: items created before it"),
+            OpenApiParameter("before_id", str, description="With before: the next page after that item (see `next`)"),
         ],
         responses={
             200: inline_serializer(
@@ -112,6 +114,7 @@ class EarningsApi(AgentApi):
                     "today": serializers.IntegerField(),
                     "owed_back": serializers.IntegerField(help_text="Clawed back, to be kept from later earnings"),
                     "has_more": serializers.BooleanField(),
+                    "next": serializers.DictField(allow_null=True, help_text="before and before_id of the next page"),
                     "items": serializers.ListField(child=serializers.DictField()),
                 },
             )
@@ -126,6 +129,7 @@ class EarningsApi(AgentApi):
 class _PageSerializer(serializers.Serializer):
     limit = serializers.IntegerField(min_value=1, max_value=200, default=50)
     before = serializers.DateTimeField(required=False)
+    before_id = serializers.RegexField(r"^[A-Za-z0-9_]{1,32}$", required=False)
 
 
 def _error(status: int, code: str, detail: str) -> JsonResponse:
@@ -141,6 +145,12 @@ class StripeWebhookView(View):
             return _error(503, "stripe_not_configured", "STRIPE_WEBHOOK_SECRET is not set.")
         if len(request.body) > settings.STRIPE_WEBHOOK_MAX_BYTES:
             return _error(413, "payload_too_large", "The event is too large.")
+        try:
+            body = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError):
+            return _error(400, "invalid_json", "The body is not JSON.")
+        if not isinstance(body, dict) or not isinstance(body.get("created", 0), int):
+            return _error(400, "invalid_event", "The body is not a Stripe event.")
         try:
             event = stripe.Webhook.construct_event(
                 request.body, request.headers.get("Stripe-Signature", ""), settings.STRIPE_WEBHOOK_SECRET

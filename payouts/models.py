@@ -62,6 +62,14 @@ class PayRule(models.Model):
     def __str__(self) -> str:
         return f"{self.topic or '*'}/{self.priority or '*'}/{self.language or '*'}: {self.amount}"
 
+    def clean(self) -> None:
+        # Conversations carry lowercase topics and primary language codes ("sv-SE" -> "sv");
+        # a rule written otherwise would silently never match.
+        from marketplace.services import primary_language
+
+        self.topic = self.topic.strip().lower()
+        self.language = primary_language(self.language) if self.language else ""
+
 
 class PayPolicy(models.Model):
     """Platform-wide pay settings (one row, edited in admin)."""

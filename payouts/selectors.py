@@ -85,7 +85,10 @@ def _sum(queryset: QuerySet[Any], field: str) -> int:
     return int(queryset.aggregate(total=Sum(field))["total"] or 0)
 
 
-def earnings_summary(agent: Agent, *, limit: int = 50, before: datetime | None = None) -> dict[str, Any]:
+def earnings_summary(
+    agent: Agent, *, limit: int = 50, before: datetime | None = None, before_id: str | None = None
+) -> dict[str, Any]:
+    """Totals and a page of items, newest first; (before, before_id) is where the previous page ended."""
     currency = settings.PLATFORM_CURRENCY
     earnings = Earning.objects.filter(agent=agent, currency=currency)
     live = earnings.exclude(state=Earning.State.DISPUTED)
@@ -105,9 +108,12 @@ def earnings_summary(agent: Agent, *, limit: int = 50, before: datetime | None =
         total=Sum("amount")
     )["total"]
     page = earnings.select_related("transfer").order_by("-created_at", "-id")
-    if before is not None:
+    if before is not None and before_id:
+        page = page.filter(Q(created_at__lt=before) | Q(created_at=before, id__lt=before_id))
+    elif before is not None:
         page = page.filter(created_at__lt=before)
     items = list(page[: limit + 1])
+    last = items[limit - 1] if len(items) > limit else None
     return {
         "currency": currency,
         "pending": held + in_flight,
@@ -116,7 +122,8 @@ def earnings_summary(agent: Agent, *, limit: int = 50, before: datetime | None =
         "today": today,
         "owed_back": max(int(owed_back or 0), 0),
         "items": [earning_item(e) for e in items[:limit]],
-        "has_more": len(items) > limit,
+        "has_more": last is not None,
+        "next": {"before": last.created_at, "before_id": last.id} if last is not None else None,
     }
 
 

@@ -716,12 +716,14 @@ def _account_apply(account: ConnectedAccount, obj: Any, as_of: datetime | None) 
     account.state_as_of = as_of or _whole_second(timezone.now())
     account.save()
     if account.can_receive_transfers:
-        transaction.on_commit(
-            lambda: transfers_kick(
-                hold_reasons=[Transfer.Hold.ACCOUNT_NOT_READY, Transfer.Hold.NO_ACCOUNT], agent_id=account.agent_id
-            )
-        )
+        agent_id = account.agent_id
+        transaction.on_commit(lambda: _kick_account_holds(agent_id))
     return account
+
+
+def _kick_account_holds(agent_id: str) -> int:
+    """The agent's account can take transfers now: send what waited for it."""
+    return transfers_kick(hold_reasons=[Transfer.Hold.ACCOUNT_NOT_READY, Transfer.Hold.NO_ACCOUNT], agent_id=agent_id)
 
 
 def _whole_second(moment: datetime) -> datetime:
@@ -837,9 +839,7 @@ def _handle_event(event: StripeEvent) -> str:
             account.save(update_fields=["transfers_status", "state_as_of", "updated_at"])
             if account.can_receive_transfers:
                 agent_id = account.agent_id
-                transaction.on_commit(
-                    lambda: transfers_kick(hold_reasons=[Transfer.Hold.ACCOUNT_NOT_READY], agent_id=agent_id)
-                )
+                transaction.on_commit(lambda: _kick_account_holds(agent_id))
         return f"transfers capability {account.transfers_status}"
     if kind == "account.application.deauthorized":
         account_id = event.account or obj.get("account") or ""
@@ -867,7 +867,15 @@ def _handle_event(event: StripeEvent) -> str:
             stripe_payout_id=obj["id"],
             defaults={"account": account, "amount": obj.get("amount", 0), "currency": obj.get("currency", "")},
         )
-        if payout.state_as_of is None or event.created >= payout.state_as_of:
+        if (
+            payout.state_as_of is None
+            or event.created > payout.state_as_of
+            or (
+                # The same second: a payout only moves forward (pending -> in_transit -> paid/failed/canceled).
+                event.created == payout.state_as_of
+                and _PAYOUT_STAGE.get(obj.get("status", ""), 0) >= _PAYOUT_STAGE.get(payout.status, 0)
+            )
+        ):
             arrival = obj.get("arrival_date")
             payout.status = obj.get("status", "")
             payout.amount = obj.get("amount", payout.amount)
@@ -876,6 +884,9 @@ def _handle_event(event: StripeEvent) -> str:
             payout.save()
         return f"payout {payout.status}"
     return "ignored"
+
+
+_PAYOUT_STAGE = {"pending": 1, "in_transit": 2, "paid": 3, "failed": 3, "canceled": 3}
 
 
 # --- the earnings floor ----------------------------------------------------------------------
@@ -893,7 +904,8 @@ def engaged_seconds(*, agent_id: str, start: datetime, end: datetime) -> float:
     for created, responded, expires in Offer.objects.filter(
         agent_id=agent_id, created_at__lt=end, expires_at__gt=start - timedelta(hours=1)
     ).values_list("created_at", "responded_at", "expires_at"):
-        spans.append((created, responded or min(expires, now)))
+        # An offer cannot be taken after it expires, however late the expiry was recorded.
+        spans.append((created, min(responded or expires, expires, now)))
     for began, ended in (
         Assignment.objects.filter(agent_id=agent_id, started_at__lt=end)
         .filter(Q(ended_at__isnull=True) | Q(ended_at__gt=start))

@@ -93,3 +93,14 @@ def test_retry_action_sends_a_failed_transfer_again_but_not_a_disputed_one(
     )
     assert "stays cancelled" in response.content.decode()
     assert Transfer.objects.get(pk=earned.transfer.pk).state == "failed"
+
+
+def test_a_pay_rule_written_in_capitals_or_with_a_region_still_matches(admin_client):
+    response = admin_client.post(
+        reverse("admin:payouts_payrule_add"),
+        {"topic": " Billing ", "priority": "", "language": "sv-SE", "amount": 900, "active": "on"},
+    )
+
+    assert response.status_code == 302, response.content
+    rule = PayRule.objects.get()
+    assert (rule.topic, rule.language) == ("billing", "sv")

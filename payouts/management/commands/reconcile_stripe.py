@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db.models import Q
 from django.utils import timezone
 from tqdm import tqdm
 
@@ -50,7 +51,9 @@ class Command(BaseCommand):
                 foreign += 1
 
         # Our side.
-        ours_qs = Transfer.objects.filter(created_at__gte=since).order_by("created_at")
+        # Ours: made, sent or paid in the window (a transfer held for months is sent late).
+        window = Q(created_at__gte=since) | Q(submitted_at__gte=since) | Q(paid_at__gte=since)
+        ours_qs = Transfer.objects.filter(window).order_by("created_at")
         checked = 0
         for transfer in tqdm(
             ours_qs.iterator(), total=ours_qs.count(), desc="Our transfers", unit="tr", disable=not progress
@@ -77,6 +80,14 @@ class Command(BaseCommand):
                 differences.append(
                     _diff("not_recorded_as_paid", transfer, state=transfer.state, stripe_id=stripe_transfer.id)
                 )
+        # Stripe's transfers naming one of ours outside the window: compare them too.
+        for transfer in Transfer.objects.filter(pk__in=list(at_stripe)):
+            found = at_stripe.pop(transfer.pk)
+            checked += 1
+            if len(found) > 1:
+                differences.append(_diff("duplicate_at_stripe", transfer, stripe_ids=[t.id for t in found]))
+            if transfer.state != Transfer.State.PAID or transfer.stripe_transfer_id != found[0].id:
+                differences.append(_diff("not_recorded_as_paid", transfer, state=transfer.state, stripe_id=found[0].id))
         for transfer_id, items in at_stripe.items():
             differences.append(
                 {"kind": "unknown_to_us", "transfer_id": transfer_id, "stripe_ids": [t.id for t in items]}
