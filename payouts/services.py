@@ -222,7 +222,13 @@ def earning_release(*, earning_id: str) -> Transfer | None:
         earning = Earning.objects.select_for_update().get(pk=earning_id)
         if earning.state != Earning.State.HELD or earning.payable_at > timezone.now():
             return None
-        owed_back = account_balance(receivable_account(agent_id), earning.currency)
+        # What the agent owes, less what reversals under way will bring back (never recover it twice).
+        recovering = Reversal.objects.filter(
+            transfer__agent_id=agent_id,
+            currency=earning.currency,
+            state__in=[Reversal.State.PENDING, Reversal.State.SUBMITTED],
+        ).aggregate(total=Sum("amount"))["total"]
+        owed_back = account_balance(receivable_account(agent_id), earning.currency) - int(recovering or 0)
         offset = min(max(owed_back, 0), earning.amount)
         if offset:
             ledger_post(

@@ -276,3 +276,25 @@ def test_a_dispute_wins_over_a_worker_about_to_send(stripe_on, make_agent, resol
     assert stripe_on.transfers == {}
     assert Transfer.objects.get(pk=transfer.pk).state == "failed"
     ledger_sums_to_zero()
+
+
+def test_a_clawback_under_way_is_not_also_kept_from_the_next_earning(stripe_on, make_agent, resolve, recorded_jobs):
+    """The reversal brings the money back; offsetting it as well would take it from the agent twice."""
+    agent = make_agent()
+    onboard(agent, stripe_on)
+    first_earning = resolve(agent).earnings.get()
+    recorded_jobs.run("release_earning")
+    recorded_jobs.run("submit_transfer")
+    payouts.earning_dispute(earning_id=first_earning.pk, reason="refund", actor="admin:ops")
+    recorded_jobs.clear()  # the reversal job has not run yet: the clawback is under way
+
+    second_earning = resolve(agent).earnings.get()
+    second = payouts.earning_release(earning_id=second_earning.pk)
+
+    assert second is not None and second.amount == second_earning.amount
+    assert Earning.objects.get(pk=second_earning.pk).offset_amount == 0
+    assert payouts.transfer_submit(transfer_id=second.pk) == "paid"
+    assert payouts.reversal_submit(reversal_id=Reversal.objects.get(earning=first_earning).pk) == "succeeded"
+    assert balance(f"agent:{agent.pk}:receivable") == 0
+    assert balance(f"agent:{agent.pk}:payable") == 0
+    ledger_sums_to_zero()
