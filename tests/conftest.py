@@ -117,11 +117,19 @@ def lost_tasks(settings: Any) -> Iterator[None]:
     """Jobs go to a broker nobody consumes: every task sent is lost, as in a crash."""
     from config.celery import app
 
+    def use_broker(url: str) -> None:
+        # Celery keeps its producer pool bound to the first broker it used: drop it,
+        # or later tests that send real tasks would keep sending them nowhere.
+        app.conf.broker_url = url
+        app._pool = None
+        if "amqp" in app.__dict__:
+            app.amqp._producer_pool = None
+
     previous = app.conf.broker_url
     settings.TASK_RUNNER = "celery"
-    app.conf.broker_url = "memory://"
+    use_broker("memory://")
     yield
-    app.conf.broker_url = previous
+    use_broker(previous)
     settings.TASK_RUNNER = "thread"
 
 
