@@ -6,8 +6,8 @@ them) pays resolutions through the real stripe library to the Stripe stand-in
 This process resolves N conversations through the services as fast as it can
 and then waits until every earning is transferred. Printed:
 
-  resolution -> paid       from the resolution's commit to the transfer recorded as paid
-  throughput               transfers paid per second, first resolution to last paid
+  drain throughput         N resolutions wait in the broker; the workers start and pay them all: transfers/s
+  resolution -> paid       at a steady pace (--steady-rate), from the resolution's commit to the transfer paid
   webhook ingest           POST /webhooks/stripe/ (signature check, store once, job queued), p50/p99
   exactly once             Stripe's transfers per earning (must be 1), ledger total (must be 0)
 
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from dispatch_latency import percentile, prepare_database, summary  # noqa: E402
+from dispatch_latency import prepare_database, summary  # noqa: E402
 
 
 def main() -> None:
@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument("--webhooks", type=int, default=500, help="events posted to measure ingest")
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--steady", type=int, default=100, help="resolutions at a steady pace, for latency")
+    parser.add_argument("--steady-rate", type=float, default=5.0, help="per second")
     args = parser.parse_args()
 
     server = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
@@ -64,7 +66,7 @@ def main() -> None:
     import redis
     import requests
     from django.conf import settings
-    from django.db.models import Count, Max, Min
+    from django.db.models import Count
 
     from dispatch import services as dispatch
     from marketplace import services
@@ -105,7 +107,7 @@ def main() -> None:
     Agent.objects.update(status=Agent.Status.ONLINE)
 
     if args.fault_rate:
-        count = int(args.conversations * args.fault_rate)
+        count = int((args.conversations + args.steady) * args.fault_rate)
         kinds = [500, ("hang", 1.5), "balance_insufficient"]
         standin.faults["POST /v1/transfers"] = [random.choice(kinds) for _ in range(count)]  # noqa: S311
         random.shuffle(standin.faults["POST /v1/transfers"])
@@ -120,35 +122,50 @@ def main() -> None:
         CALLBACK_MAX_ATTEMPTS="1",
         **stripe_env,
     )
-    with ExitStack() as stack:
-        stack.enter_context(celery_worker(env, logs / "payouts-worker.log", concurrency=8, queues="celery"))
-        stack.enter_context(celery_worker(env, logs / "payouts-io.log", concurrency=8, queues="callbacks"))
-        base = stack.enter_context(daphne(env, logs / "payouts-daphne.log"))
 
-        print(f"resolving {args.conversations} conversations ...", flush=True)
-        started = time.monotonic()
-        for n in range(args.conversations):
-            agent = agents[n % len(agents)]
-            conversation, _ = services.conversation_escalate(
-                integration=integration, data=services.EscalationInput(external_id=f"pay-{n}", language="xx")
-            )  # a language nobody speaks: the background dispatcher leaves it to us
-            offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
-            dispatch.offer_accept(offer_id=offer.pk, agent=agent)
-            dispatch.conversation_resolve(conversation_id=conversation.pk, agent=agent, outcome="resolved")
-        resolving = time.monotonic() - started
-        print(f"resolved in {resolving:.1f} s; waiting for the transfers ...", flush=True)
+    def resolve(n: int) -> None:
+        agent = agents[n % len(agents)]
+        conversation, _ = services.conversation_escalate(
+            integration=integration, data=services.EscalationInput(external_id=f"pay-{n}", language="xx")
+        )  # a language nobody speaks: the background dispatcher leaves it to us
+        offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
+        dispatch.offer_accept(offer_id=offer.pk, agent=agent)
+        dispatch.conversation_resolve(conversation_id=conversation.pk, agent=agent, outcome="resolved")
 
+    def wait_paid(count: int, base: str) -> bool:
         deadline = time.monotonic() + args.timeout
         last_kick = 0.0
-        while Transfer.objects.filter(state=Transfer.State.PAID).count() < args.conversations:
+        while Transfer.objects.filter(state=Transfer.State.PAID).count() < count:
             if time.monotonic() > deadline:
-                break
+                return False
             if time.monotonic() - last_kick > 2:  # what beat does: the sweeper, and Stripe's balance.available
                 payouts_sweep()
                 if Transfer.objects.filter(hold_reason="balance_insufficient").exists():
                     standin.emit(f"{base}/webhooks/stripe/", standin.event("balance.available", standin.balance()))
                 last_kick = time.monotonic()
-            time.sleep(0.2)
+            time.sleep(0.05)
+        return True
+
+    with ExitStack() as stack:
+        base = stack.enter_context(daphne(env, logs / "payouts-daphne.log"))
+
+        # 1. Drain: the resolutions' jobs wait in the broker; then the workers start and pay them all.
+        print(f"resolving {args.conversations} conversations (workers stopped) ...", flush=True)
+        for n in range(args.conversations):
+            resolve(n)
+        stack.enter_context(celery_worker(env, logs / "payouts-worker.log", concurrency=8, queues="celery"))
+        stack.enter_context(celery_worker(env, logs / "payouts-io.log", concurrency=8, queues="callbacks"))
+        print("workers started; paying ...", flush=True)
+        drain_started = time.monotonic()
+        wait_paid(args.conversations, base)
+        drain_seconds = time.monotonic() - drain_started
+
+        # 2. Latency at a steady pace: resolution committed -> transfer recorded as paid.
+        steady_from = time.monotonic()
+        for n in range(args.conversations, args.conversations + args.steady):
+            resolve(n)
+            time.sleep(max(0.0, steady_from + (n - args.conversations + 1) / args.steady_rate - time.monotonic()))
+        wait_paid(args.conversations + args.steady, base)
 
         # Webhook ingest, measured over HTTP against the Daphne process.
         ingest: list[float] = []
@@ -168,10 +185,10 @@ def main() -> None:
                 ingest.append((time.perf_counter() - t0) * 1000)
                 assert response.status_code == 200, response.text
 
+    total = args.conversations + args.steady
     paid = Transfer.objects.filter(state=Transfer.State.PAID)
-    latencies = [(t.paid_at - t.earning.created_at).total_seconds() * 1000 for t in paid.select_related("earning")]
-    span = paid.aggregate(first=Min("earning__created_at"), last=Max("paid_at"))
-    seconds = (span["last"] - span["first"]).total_seconds() if span["last"] else float("nan")
+    steady = paid.filter(earning__conversation__external_id__in=[f"pay-{n}" for n in range(args.conversations, total)])
+    latencies = [(t.paid_at - t.earning.created_at).total_seconds() * 1000 for t in steady.select_related("earning")]
     per_earning: dict[str, int] = {}
     for transfer in standin.transfers.values():
         per_earning[transfer["metadata"]["earning_id"]] = per_earning.get(transfer["metadata"]["earning_id"], 0) + 1
@@ -179,8 +196,11 @@ def main() -> None:
     posts = sum(1 for m, p, _, _ in standin.requests_seen if (m, p) == ("POST", "/v1/transfers"))
     print()
     print(f"conversations {args.conversations}, agents {args.agents}, fault rate {args.fault_rate}")
-    print(summary("resolution -> paid", latencies))
-    print(f"{'throughput':<24} {paid.count() / seconds:7.1f} transfers/s ({paid.count()} in {seconds:.1f} s)")
+    print(
+        f"{'drain throughput':<24} {args.conversations / drain_seconds:7.1f} transfers/s "
+        f"({args.conversations} queued resolutions paid in {drain_seconds:.1f} s)"
+    )
+    print(summary(f"resolution -> paid @{args.steady_rate:g}/s", latencies))
     print(summary("webhook ingest", ingest))
     print(
         f"{'exactly once':<24} earnings {Earning.objects.count()}, paid transfers {paid.count()}, "
@@ -189,8 +209,7 @@ def main() -> None:
     )
     by_state = dict(Transfer.objects.values_list("state").annotate(n=Count("pk")))
     print(f"{'transfers by state':<24} {by_state}")
-    print(f"{'p99 resolution -> paid':<24} {percentile(latencies, 99):.0f} ms")
-    ok = paid.count() == args.conversations == len(standin.transfers) and not duplicates
+    ok = paid.count() == total == len(standin.transfers) and not duplicates
     ok = ok and all(total == 0 for total in ledger_totals().values())
     print("RESULT", "ok" if ok else "FAILED")
     standin_gen.close()

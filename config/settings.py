@@ -296,6 +296,10 @@ REOPEN_WINDOW_SECONDS = env_float("REOPEN_WINDOW_SECONDS", 7 * 24 * 3600)
 TRANSFER_RETRY_BASE_SECONDS = env_float("TRANSFER_RETRY_BASE_SECONDS", 5)
 TRANSFER_RETRY_MAX_SECONDS = env_float("TRANSFER_RETRY_MAX_SECONDS", 900)
 TRANSFER_LEASE_SECONDS = env_float("TRANSFER_LEASE_SECONDS", 60)
+# The payouts sweeper starts a job again when the last one was lost for this long, and
+# tries held transfers again this often in case Stripe's webhook that frees them was lost.
+PAYOUT_REKICK_SECONDS = env_float("PAYOUT_REKICK_SECONDS", 60)
+PAYOUT_HELD_RETRY_SECONDS = env_float("PAYOUT_HELD_RETRY_SECONDS", 600)
 # Floor top-ups for a week are computed this long after it ends (late resolutions count).
 FLOOR_CLOSE_AFTER_SECONDS = env_float("FLOOR_CLOSE_AFTER_SECONDS", 3600)
 PLATFORM_CURRENCY = env_str("PLATFORM_CURRENCY", "usd").lower()

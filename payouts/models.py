@@ -13,6 +13,7 @@ import secrets
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 
 def _new_id(prefix: str) -> str:
@@ -160,6 +161,8 @@ class Earning(models.Model):
     disputed_at = models.DateTimeField(null=True, blank=True)
     dispute_reason = models.CharField(max_length=200, blank=True)
     detail = models.JSONField(default=dict, blank=True, help_text="How the amount was reached")
+    # When a job for it was last started (or is due to start): the sweeper leaves alone what is on its way.
+    kicked_at = models.DateTimeField(default=timezone.now, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -211,6 +214,8 @@ class Transfer(models.Model):
     key_generation = models.PositiveSmallIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
+    # When a job for it was last started (or is due to start): the sweeper leaves alone what is on its way.
+    kicked_at = models.DateTimeField(default=timezone.now, db_index=True)
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     submitted_at = models.DateTimeField(null=True, blank=True)
@@ -248,6 +253,8 @@ class Reversal(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
+    # When a job for it was last started (or is due to start): the sweeper leaves alone what is on its way.
+    kicked_at = models.DateTimeField(default=timezone.now, db_index=True)
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -305,6 +312,8 @@ class StripeEvent(models.Model):
     processed_at = models.DateTimeField(null=True, blank=True)
     outcome = models.CharField(max_length=200, blank=True)
     deliveries = models.PositiveIntegerField(default=1, help_text="How many times Stripe sent it")
+    # When a job for it was last started (or is due to start): the sweeper leaves alone what is on its way.
+    kicked_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
         indexes = [models.Index(fields=["processed_at", "received_at"])]

@@ -165,6 +165,7 @@ def earning_accrue_resolution(*, assignment: Assignment) -> Earning | None:
                 amount=assignment.pay_amount,
                 currency=assignment.pay_currency,
                 payable_at=_hold_until(now),
+                kicked_at=_hold_until(now),
                 detail=_quote_detail(assignment),
             )
     except IntegrityError:  # already earned
@@ -204,6 +205,7 @@ def earning_accrue_bonus(*, conversation: Conversation, score: int) -> Earning |
                 amount=resolution.assignment.quality_bonus,
                 currency=resolution.currency,
                 payable_at=max(resolution.payable_at, timezone.now()),
+                kicked_at=max(resolution.payable_at, timezone.now()),
                 detail={"rating": score},
             )
     except IntegrityError:
@@ -446,6 +448,7 @@ def _transfer_retry_later(transfer: Transfer, exc: Exception) -> str:
         hold_reason=Transfer.Hold.RETRYING,
         last_error=f"{type(exc).__name__}: {exc}"[:2000],
         next_attempt_at=timezone.now() + timedelta(seconds=delay),
+        kicked_at=timezone.now() + timedelta(seconds=delay),
     )
     jobs.enqueue(tasks.submit_transfer, transfer.id, countdown=delay)
     return "retrying"
@@ -527,7 +530,8 @@ def transfer_retry(*, transfer_id: str, actor: str) -> Transfer:
             return transfer
         transfer.state = Transfer.State.PENDING
         transfer.next_attempt_at = None
-        transfer.save(update_fields=["state", "next_attempt_at", "updated_at"])
+        transfer.kicked_at = timezone.now()
+        transfer.save(update_fields=["state", "next_attempt_at", "kicked_at", "updated_at"])
         logger.info("transfer %s retried by %s", transfer_id, actor)
         jobs.enqueue_on_commit(tasks.submit_transfer, transfer.id)
     return transfer
@@ -538,10 +542,7 @@ def transfers_kick(*, hold_reasons: Iterable[str], agent_id: str | None = None) 
     held = Transfer.objects.filter(state=Transfer.State.PENDING, hold_reason__in=list(hold_reasons))
     if agent_id:
         held = held.filter(agent_id=agent_id)
-    ids = list(held.values_list("pk", flat=True)[:1000])
-    for transfer_id in ids:
-        jobs.enqueue(tasks.submit_transfer, transfer_id)
-    return len(ids)
+    return _kick(held, tasks.submit_transfer, limit=1000)
 
 
 # --- reversals (clawbacks) ---------------------------------------------------------------
@@ -601,6 +602,7 @@ def _reversal_retry_later(reversal: Reversal, exc: Exception) -> str:
         reversal,
         last_error=f"{type(exc).__name__}: {exc}"[:2000],
         next_attempt_at=timezone.now() + timedelta(seconds=delay),
+        kicked_at=timezone.now() + timedelta(seconds=delay),
     )
     jobs.enqueue(tasks.submit_reversal, reversal.id, countdown=delay)
     return "retrying"
@@ -655,36 +657,44 @@ def reversal_settle(*, reversal_id: str, stripe_reversal_id: str) -> Reversal:
 # --- the sweeper ---------------------------------------------------------------------------
 
 
+def _kick(queryset: Any, task: Any, *, limit: int) -> int:
+    """Start a job for each row, and remember when (so that the sweeper does not pile up jobs)."""
+    ids = list(queryset.values_list("pk", flat=True)[:limit])
+    if ids:
+        queryset.model.objects.filter(pk__in=ids).update(kicked_at=timezone.now())
+        for pk in ids:
+            jobs.enqueue(task, pk)
+    return len(ids)
+
+
 def payouts_sweep(*, limit: int = 500) -> int:
-    """The safety net behind every timer and job: nothing waits forever."""
+    """The safety net behind every timer and job: nothing waits forever, nothing is started twice at once.
+
+    A row is started again when its job was lost (started longer than
+    PAYOUT_REKICK_SECONDS ago and still not done), when the worker running it
+    died (its lease ran out after the job started), and, for transfers held
+    until Stripe says something changed, every PAYOUT_HELD_RETRY_SECONDS in
+    case that webhook was lost.
+    """
     now = timezone.now()
-    started = 0
-    for earning_id in Earning.objects.filter(state=Earning.State.HELD, payable_at__lte=now).values_list(
-        "pk", flat=True
-    )[:limit]:
-        jobs.enqueue(tasks.release_earning, earning_id)
-        started += 1
+    lost = Q(kicked_at__lt=now - timedelta(seconds=settings.PAYOUT_REKICK_SECONDS))
+    died = Q(lease_until__lt=now, lease_until__gte=F("kicked_at"))
     free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
     due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
-    stale = now - timedelta(seconds=settings.TRANSFER_LEASE_SECONDS)
-    transfers = Transfer.objects.filter(free, due).filter(
-        # Lost jobs and ambiguous outcomes, and held ones now and then (the webhook may be lost).
-        Q(state=Transfer.State.SUBMITTED)
-        | Q(state=Transfer.State.PENDING, hold_reason__in=["", Transfer.Hold.RETRYING], created_at__lt=stale)
-        | Q(state=Transfer.State.PENDING, updated_at__lt=now - timedelta(minutes=10))
+    waiting = Q(hold_reason__in=["", Transfer.Hold.RETRYING])
+    held_long = Q(kicked_at__lt=now - timedelta(seconds=settings.PAYOUT_HELD_RETRY_SECONDS))
+    started = _kick(
+        Earning.objects.filter(lost, state=Earning.State.HELD, payable_at__lte=now), tasks.release_earning, limit=limit
     )
-    for transfer_id in transfers.values_list("pk", flat=True)[:limit]:
-        jobs.enqueue(tasks.submit_transfer, transfer_id)
-        started += 1
+    transfers = Transfer.objects.filter(free, due, state__in=[Transfer.State.PENDING, Transfer.State.SUBMITTED]).filter(
+        (waiting & (lost | died)) | (~waiting & (held_long | died))
+    )
+    started += _kick(transfers, tasks.submit_transfer, limit=limit)
     reversals = Reversal.objects.filter(free, due, state__in=[Reversal.State.PENDING, Reversal.State.SUBMITTED])
-    for reversal_id in reversals.values_list("pk", flat=True)[:limit]:
-        jobs.enqueue(tasks.submit_reversal, reversal_id)
-        started += 1
-    for event_id in StripeEvent.objects.filter(processed_at__isnull=True, received_at__lt=stale).values_list(
-        "pk", flat=True
-    )[:limit]:
-        jobs.enqueue(tasks.process_stripe_event, event_id)
-        started += 1
+    started += _kick(reversals.filter(lost | died), tasks.submit_reversal, limit=limit)
+    started += _kick(
+        StripeEvent.objects.filter(lost, processed_at__isnull=True), tasks.process_stripe_event, limit=limit
+    )
     return started
 
 

@@ -298,3 +298,39 @@ def test_a_clawback_under_way_is_not_also_kept_from_the_next_earning(stripe_on, 
     assert balance(f"agent:{agent.pk}:receivable") == 0
     assert balance(f"agent:{agent.pk}:payable") == 0
     ledger_sums_to_zero()
+
+
+def test_the_sweeper_restarts_lost_and_dead_jobs_once_and_leaves_the_rest(
+    stripe_on, settings, make_agent, resolve, recorded_jobs
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    agent = make_agent()
+    account = onboard(agent, stripe_on)
+    resolve(agent)
+    recorded_jobs.run("release_earning")
+    transfer = Transfer.objects.get(agent=agent)
+    recorded_jobs.clear()
+    long_ago = timezone.now() - timedelta(seconds=settings.PAYOUT_REKICK_SECONDS + 1)
+
+    # A job on its way (queued a moment ago, behind a backlog): left alone.
+    assert payouts.payouts_sweep() == 0
+    # Its job was lost: started again, once.
+    Transfer.objects.filter(pk=transfer.pk).update(kicked_at=long_ago)
+    assert payouts.payouts_sweep() == 1 and recorded_jobs.names() == ["submit_transfer"]
+    assert payouts.payouts_sweep() == 0
+    # The worker running it died: its lease ran out after the job started.
+    recorded_jobs.clear()
+    now = timezone.now()
+    Transfer.objects.filter(pk=transfer.pk).update(
+        state="submitted",
+        destination=account.stripe_account_id,
+        kicked_at=now - timedelta(seconds=5),
+        lease_until=now - timedelta(seconds=1),
+    )
+    assert payouts.payouts_sweep() == 1 and recorded_jobs.names() == ["submit_transfer"]
+    recorded_jobs.run()
+    assert Transfer.objects.get(pk=transfer.pk).state == "paid"
+    assert payouts.payouts_sweep() == 0
