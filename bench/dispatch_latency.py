@@ -241,7 +241,7 @@ def coordinator(args: argparse.Namespace) -> None:
     with ExitStack() as stack:
         for n in range(args.workers):  # as the Procfile runs them: dispatch workers, and one for callbacks
             stack.enter_context(celery_worker(env, logs / f"worker-{n}.log", concurrency=8, queues="celery"))
-        stack.enter_context(celery_worker(env, logs / "callbacks.log", concurrency=8, queues="callbacks"))
+        stack.enter_context(celery_worker(env, logs / "callbacks.log", concurrency=8, queues="callbacks,payouts"))
         stack.enter_context(celery_beat(env, logs / "beat.log", logs))
         bases = [stack.enter_context(daphne(env, logs / f"daphne-{n}.log")) for n in (1, 2)]
         floor = measure_floor(args.floor_samples, integration.id)

@@ -154,7 +154,7 @@ def main() -> None:
         for n in range(args.conversations):
             resolve(n)
         stack.enter_context(celery_worker(env, logs / "payouts-worker.log", concurrency=8, queues="celery"))
-        stack.enter_context(celery_worker(env, logs / "payouts-io.log", concurrency=8, queues="callbacks"))
+        stack.enter_context(celery_worker(env, logs / "payouts-io.log", concurrency=8, queues="callbacks,payouts"))
         print("workers started; paying ...", flush=True)
         drain_started = time.monotonic()
         wait_paid(args.conversations, base)

@@ -196,11 +196,17 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # workers), so a slow bot never delays offers to agents.
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_TASK_ROUTES = {"marketplace.tasks.deliver_callbacks": {"queue": "callbacks"}}
-# Stripe calls wait on the network too; they share the callbacks' queue of slow I/O.
+# Stripe calls wait on the network too: a queue of their own (served by the same
+# process as callbacks in the Procfile), so neither a slow Stripe delays offers nor
+# a backlog of callbacks to bots delays transfers.
 CELERY_TASK_ROUTES.update(
-    {f"payouts.tasks.{name}": {"queue": "callbacks"} for name in ("submit_transfer", "submit_reversal")}
+    {f"payouts.tasks.{name}": {"queue": "payouts"} for name in ("submit_transfer", "submit_reversal")}
 )
-JOB_THREADS = {"celery": env_int("JOB_THREADS", 4), "callbacks": env_int("CALLBACK_THREADS", 8)}
+JOB_THREADS = {
+    "celery": env_int("JOB_THREADS", 4),
+    "callbacks": env_int("CALLBACK_THREADS", 8),
+    "payouts": env_int("PAYOUT_THREADS", 4),
+}
 
 # Periodic jobs. Celery beat runs them in production (django-celery-beat copies
 # this schedule into the database, where admins can change it); the embedded

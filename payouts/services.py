@@ -387,7 +387,8 @@ def _transfer_submit(transfer: Transfer) -> str:
         _update(transfer, hold_reason=Transfer.Hold.STRIPE_NOT_CONFIGURED)
         return "held"
     client = stripe_api.client()
-    if transfer.state == Transfer.State.SUBMITTED:
+    if transfer.state == Transfer.State.SUBMITTED or transfer.key_generation:
+        # An earlier attempt's outcome may be unknown (or its key was spent): look before sending.
         try:
             existing = _find_at_stripe(client, transfer)
         except stripe.StripeError as exc:
@@ -395,7 +396,7 @@ def _transfer_submit(transfer: Transfer) -> str:
         if existing is not None:
             transfer_settle_paid(transfer_id=transfer.id, stripe_transfer=existing)
             return "paid"
-    else:
+    if transfer.state == Transfer.State.PENDING:
         if transfer.earning.state == Earning.State.DISPUTED:
             # Disputed while it was out and then refused (held): it will never go now,
             # so the clawback waiting for it has nothing to reverse.

@@ -85,7 +85,7 @@ def daphne(env: dict[str, str], log: Path) -> Iterator[str]:
 
 @contextmanager
 def celery_worker(
-    env: dict[str, str], log: Path, concurrency: int = 4, queues: str = "celery,callbacks"
+    env: dict[str, str], log: Path, concurrency: int = 4, queues: str = "celery,callbacks,payouts"
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A worker as the Procfile runs it (threads pool)."""
     args = [

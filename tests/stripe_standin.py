@@ -261,7 +261,11 @@ class StripeStandIn:
         with self._lock:
             self.requests_seen.append((method, path, params, headers))
             script = self.faults.get(f"{method} {path.split('?')[0]}")
-            fault = script.pop(0) if script else None
+            key = headers.get("idempotency-key")
+            replay = bool(key and method == "POST" and key in self._idempotent)
+            # A replayed key gets its first answer (as on Stripe): a business error such
+            # as balance_insufficient only ever answers a fresh request.
+            fault = script.pop(0) if script and not (replay and script[0] == "balance_insufficient") else None
             if isinstance(fault, int):
                 return (*_error(fault, "api_error", "Injected failure."), 0.0)
             if fault == "balance_insufficient":
@@ -272,7 +276,6 @@ class StripeStandIn:
                     0.0,
                 )
             hang = float(fault[1]) if isinstance(fault, tuple) and fault[0] == "hang" else 0.0
-            key = headers.get("idempotency-key")
             fingerprint = json.dumps([method, path, params], sort_keys=True)
             if key and method == "POST" and key in self._idempotent:
                 seen, status, body = self._idempotent[key]

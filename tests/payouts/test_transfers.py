@@ -334,3 +334,25 @@ def test_the_sweeper_restarts_lost_and_dead_jobs_once_and_leaves_the_rest(
     recorded_jobs.run()
     assert Transfer.objects.get(pk=transfer.pk).state == "paid"
     assert payouts.payouts_sweep() == 0
+
+
+def test_before_a_new_key_is_used_the_transfer_is_looked_up(stripe_on, make_agent, resolve, recorded_jobs):
+    """An earlier attempt made the transfer but its answer was lost; a later refusal spent that key.
+    Sending under a fresh key without looking first would pay twice."""
+    from payouts.stripe_api import client
+
+    agent = make_agent()
+    account = onboard(agent, stripe_on)
+    resolve(agent)
+    recorded_jobs.run("release_earning")
+    transfer = Transfer.objects.select_related("earning").get(agent=agent)
+    transfer.destination = account.stripe_account_id
+    client().v1.transfers.create(params=payouts._transfer_params(transfer))  # the earlier attempt, at Stripe
+    Transfer.objects.filter(pk=transfer.pk).update(key_generation=1, hold_reason="balance_insufficient")
+    posts_before = len(transfer_posts(stripe_on))
+
+    assert payouts.transfer_submit(transfer_id=transfer.pk) == "paid"
+
+    assert len(transfer_posts(stripe_on)) == posts_before
+    assert len(stripe_transfers_for(stripe_on, transfer.pk)) == 1
+    ledger_sums_to_zero()

@@ -34,7 +34,7 @@ def test_a_worker_killed_mid_transfer_leaves_exactly_one_transfer(stripe_on, set
     settings.TRANSFER_LEASE_SECONDS = 2
 
     with ExitStack() as stack:
-        first = stack.enter_context(celery_worker(env, tmp_path / "worker-1.log", queues="celery,callbacks"))
+        first = stack.enter_context(celery_worker(env, tmp_path / "worker-1.log", queues="celery,callbacks,payouts"))
         resolve(agent)
         transfer = wait_for(lambda: Transfer.objects.filter(agent=agent, state="submitted").first(), timeout=30)
         wait_for(lambda: len(stripe_on.transfers) == 1, timeout=30)
@@ -42,7 +42,7 @@ def test_a_worker_killed_mid_transfer_leaves_exactly_one_transfer(stripe_on, set
         first.wait(timeout=10)
         assert Transfer.objects.get(pk=transfer.pk).state == "submitted"
 
-        stack.enter_context(celery_worker(env, tmp_path / "worker-2.log", queues="celery,callbacks"))
+        stack.enter_context(celery_worker(env, tmp_path / "worker-2.log", queues="celery,callbacks,payouts"))
 
         # The sweeper (celery beat in production) finds it once the dead worker's lease is over.
         def swept_and_paid() -> bool:
