@@ -37,7 +37,7 @@ demo-escalation: install
 	$(BIN)/python manage.py demo_escalation --base-url http://$(HOST):$(PORT)
 
 worker: install
-	$(BIN)/celery -A config worker -Q celery,callbacks --pool=threads --concurrency=8 --loglevel=info
+	$(BIN)/celery -A config worker -Q celery,callbacks,payouts --pool=threads --concurrency=8 --loglevel=info
 
 beat: install
 	$(BIN)/celery -A config beat --loglevel=info --scheduler django_celery_beat.schedulers:DatabaseScheduler
