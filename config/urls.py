@@ -3,8 +3,8 @@ from django.urls import path, re_path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
 
+from marketplace import agent_api, demo, webapp
 from marketplace import api as bot_api
-from marketplace import demo
 from payouts import api as payouts_api
 
 from . import errors, health
@@ -56,6 +56,13 @@ urlpatterns = [
         bot_api.EscalationRatingApi.as_view(),
         name="escalation-rating",
     ),
+    path("api/v1/agent/me", agent_api.AgentMeApi.as_view(), name="agent-me"),
+    path("app/", webapp.shell, name="app"),
+    path("app/payouts", webapp.shell, name="app-payouts"),
+    path("app/login", webapp.AppLoginView.as_view(), name="app-login"),
+    path("app/logout", webapp.AppLogoutView.as_view(), name="app-logout"),
+    path("app/sw.js", webapp.service_worker, name="app-sw"),
+    path("app/manifest.webmanifest", webapp.manifest, name="app-manifest"),
     path("api/v1/agent/payouts/onboarding", payouts_api.OnboardingApi.as_view(), name="payouts-onboarding"),
     path("api/v1/agent/payouts", payouts_api.PayoutStatusApi.as_view(), name="payouts-status"),
     path("api/v1/agent/earnings", payouts_api.EarningsApi.as_view(), name="earnings"),

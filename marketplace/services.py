@@ -246,6 +246,19 @@ def conversation_rate(*, conversation_id: str, score: int, comment: str, actor: 
 
 
 @transaction.atomic
+def agent_update_profile(*, agent_id: str, languages: list[str], skills: list[str]) -> Agent:
+    """The agent edits what it speaks and handles (it matters from the next offer on)."""
+    agent = Agent.objects.select_for_update().get(pk=agent_id)
+    check_agent_input(AgentInput(agent.user.username, "", languages, skills, agent.capacity, agent.display_name))
+    if not [v for v in languages if v.strip()]:
+        raise ValidationError({"languages": ["At least one language."]})
+    agent.languages = _languages(languages)
+    agent.skills = _codes(skills)
+    agent.save(update_fields=["languages", "skills"])
+    return agent
+
+
+@transaction.atomic
 def agent_set_approval(*, agent_id: str, approval: str, actor: str) -> Agent:
     """Approve or suspend an agent. A suspended agent is taken offline."""
     agent = Agent.objects.select_for_update().get(pk=agent_id)

@@ -69,6 +69,11 @@ def surge_multiplier(pressure: float, policy: PayPolicy) -> Decimal:
     return Decimal(str(min(raw, max(policy.surge_max, 1.0)))).quantize(Decimal("0.01"))
 
 
+def current_surge(language: str) -> Decimal:
+    """What an offer in this language would be multiplied by now (shown in the agent app)."""
+    return surge_multiplier(queue_pressure(language), PayPolicy.current())
+
+
 def quote(conversation: Conversation) -> Quote:
     policy = PayPolicy.current()
     base = base_amount(conversation, policy)

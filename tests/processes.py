@@ -52,8 +52,8 @@ def service_env(**extra: str) -> dict[str, str]:
         DJANGO_SETTINGS_MODULE="config.settings",
         TASK_RUNNER="celery",
         PYTHONUNBUFFERED="1",
-        **extra,
     )
+    env.update(extra)
     return env
 
 

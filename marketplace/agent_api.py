@@ -1,0 +1,94 @@
+"""The agent's own REST endpoints (besides the WebSocket): who am I, my profile, what is going on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from . import services
+from .models import Agent
+
+
+def _agent_for(request: Request) -> Agent:
+    agent = Agent.objects.select_related("user").filter(user=request.user).first()
+    if agent is None:
+        raise PermissionDenied("This account is not an agent.")
+    return agent
+
+
+def me_payload(agent: Agent) -> dict[str, Any]:
+    from payouts import pricing, selectors  # payouts builds on this app
+
+    summary = selectors.earnings_summary(agent, limit=0)
+    surge = max((pricing.current_surge(language) for language in agent.languages or [""]), default=1)
+    return {
+        "id": agent.id,
+        "username": agent.user.username,
+        "display_name": agent.display_name,
+        "languages": agent.languages,
+        "skills": agent.skills,
+        "capacity": agent.capacity,
+        "approval": agent.approval,
+        "status": agent.status,
+        "active_count": agent.active_count,
+        "currency": summary["currency"],
+        "today": summary["today"],
+        "pending": summary["pending"],
+        "surge": float(surge),
+        "payouts": selectors.account_status(agent),
+    }
+
+
+class _ProfileSerializer(serializers.Serializer):
+    languages = serializers.ListField(child=serializers.CharField(max_length=16), max_length=20, required=False)
+    skills = serializers.ListField(child=serializers.CharField(max_length=64), max_length=50, required=False)
+
+
+_ME = inline_serializer(
+    "AgentMe",
+    {
+        "id": serializers.CharField(),
+        "username": serializers.CharField(),
+        "display_name": serializers.CharField(),
+        "languages": serializers.ListField(child=serializers.CharField()),
+        "skills": serializers.ListField(child=serializers.CharField()),
+        "capacity": serializers.IntegerField(),
+        "approval": serializers.CharField(),
+        "status": serializers.CharField(),
+        "active_count": serializers.IntegerField(),
+        "currency": serializers.CharField(),
+        "today": serializers.IntegerField(help_text="Earned today (minor units)"),
+        "pending": serializers.IntegerField(),
+        "surge": serializers.FloatField(help_text="Surge multiplier now in the agent's languages"),
+        "payouts": serializers.DictField(),
+    },
+)
+
+
+class AgentMeApi(APIView):
+    @extend_schema(operation_id="agent_me", responses={200: _ME})
+    def get(self, request: Request) -> Response:
+        return Response(me_payload(_agent_for(request)))
+
+    @extend_schema(operation_id="agent_me_update", request=_ProfileSerializer, responses={200: _ME})
+    def patch(self, request: Request) -> Response:
+        agent = _agent_for(request)
+        serializer = _ProfileSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            agent = services.agent_update_profile(
+                agent_id=agent.pk,
+                languages=data.get("languages", agent.languages),
+                skills=data.get("skills", agent.skills),
+            )
+        except DjangoValidationError as exc:
+            raise ValidationError(exc.message_dict) from exc
+        return Response(me_payload(agent))
