@@ -108,6 +108,21 @@ def test_a_whole_shift_on_a_phone(phone, server, make_agent, make_integration, c
     expect(chat.locator(".live li.customer")).to_contain_text("Thank you!")
     screenshot(page, "04-conversation")
 
+    # Capacity 2: a second conversation at once, in its own tab.
+    second = bot.post(
+        "/api/v1/escalations",
+        {"external_id": "shift-2", "language": "sv", "summary": "Cannot log in", "customer": {"name": "Olle"}},
+    )
+    expect(offer).to_contain_text("Cannot log in")
+    page.get_by_role("button", name="Accept").click()
+    tabs = page.get_by_role("tablist", name="Your conversations")
+    expect(tabs.get_by_role("tab")).to_have_count(2)
+    expect(tabs.get_by_role("tab", name="Olle")).to_have_attribute("aria-selected", "true")
+    screenshot(page, "04b-two-conversations")
+    tabs.get_by_role("tab", name="Anna").click()
+    expect(chat).to_be_visible()
+    expect(page.locator(f"#panel-{second['id']}")).to_be_hidden()
+
     # The connection drops in the middle: a banner shows, a draft and a message typed
     # meanwhile survive, and the message is delivered once when the app is back.
     page.context.set_offline(True)
@@ -127,6 +142,7 @@ def test_a_whole_shift_on_a_phone(phone, server, make_agent, make_integration, c
     expect(page.locator('body[data-connected="true"]')).to_have_count(1)
     expect(page.locator("#status-chip")).to_have_text("Online")
     page.goto("/app/#chats")
+    page.get_by_role("tab", name="Anna").click()
     chat = page.locator(f"#panel-{created['id']}")
     expect(chat.locator(".live")).to_contain_text("Sent while offline")
     expect(chat.get_by_label("Message to the customer")).to_have_value("a draft I have not sent")
@@ -139,7 +155,7 @@ def test_a_whole_shift_on_a_phone(phone, server, make_agent, make_integration, c
     chat.get_by_label("Note (optional)").fill("Refunded the duplicate charge")
     chat.get_by_role("button", name="Close the conversation").click()
     expect(page.locator("#panel-" + created["id"])).to_have_count(0)
-    expect(page.locator("#no-chats")).to_be_visible()
+    expect(page.locator(f"#panel-{second['id']}")).to_be_visible()  # the other one goes on
     wait_for(lambda: callbacks_of(callback_receiver, "conversation.resolved"))
     conversation.refresh_from_db()
     assert (conversation.status, conversation.outcome) == ("resolved", "resolved")
