@@ -13,6 +13,7 @@ print(
     f"""
   Agent marketplace, embedded demo (SQLite, in-memory channel layer, in-process jobs)
 
+  Agent app    {base}/app/                 (on a phone or a narrow window; log in as an agent below)
   API docs     {base}/api/docs/            (OpenAPI: {base}/api/schema/)
   Admin        {base}/admin/               login {admin.get("username", "-")} / {admin.get("password", "-")}
   Agents       {agents}, password {password} (token: POST {base}/api/v1/auth/token)
