@@ -345,6 +345,12 @@ WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 64 * 1024)
 WS_RATE_PER_SECOND = env_float("WS_RATE_PER_SECOND", 20)
 WS_RATE_BURST = env_int("WS_RATE_BURST", 60)
 DEFAULT_PAY_AMOUNT = env_int("DEFAULT_PAY_AMOUNT", 400)
+# Service level shown on the admin's operations page: SLA_TARGET_RATIO of the
+# conversations should be answered within SLA_ANSWER_SECONDS of entering the queue.
+SLA_ANSWER_SECONDS = env_float("SLA_ANSWER_SECONDS", 60)
+SLA_TARGET_RATIO = env_float("SLA_TARGET_RATIO", 0.8)
+if SLA_ANSWER_SECONDS <= 0 or not 0 < SLA_TARGET_RATIO <= 1:
+    raise ImproperlyConfigured("SLA_ANSWER_SECONDS must be positive and SLA_TARGET_RATIO in (0, 1]")
 
 # Queue and wait estimate
 # Priority is a head start in the queue: an urgent conversation is ordered as if

@@ -180,3 +180,9 @@ def transfers_by_state() -> dict[str, int]:
 
 def held_transfers() -> QuerySet[Transfer]:
     return Transfer.objects.filter(Q(state=Transfer.State.PENDING) & ~Q(hold_reason=""))
+
+
+def held_transfers_by_reason() -> dict[str, int]:
+    """Pending transfers that wait on something (no account, no balance, ...), counted by what."""
+    rows = held_transfers().values("hold_reason").annotate(n=Count("pk")).order_by("hold_reason")
+    return {row["hold_reason"]: row["n"] for row in rows}
