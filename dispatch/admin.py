@@ -1,13 +1,17 @@
-"""Dispatch in admin: offers, ranking weights, and a live page of the queue and the agents."""
+"""Dispatch in admin: offers, ranking weights, the live page of the queue and the agents, and the operations page."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from datetime import timedelta
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -16,16 +20,19 @@ from config.errors import ApiError
 from marketplace.admin import AgentAdmin, ConversationAdmin, ReadOnlyAdmin
 from marketplace.models import Agent, Conversation
 
-from . import services
+from . import charts, ops, services
 from .models import AgentConnection, DispatchWeights, Offer, ServerHeartbeat
+
+REFRESH_SECONDS = 5
 
 
 @admin.register(Offer)
 class OfferAdmin(ReadOnlyAdmin):
     list_display = ("id", "conversation", "agent", "state", "pay_amount", "pay_currency", "created_at", "expires_at")
-    list_filter = ("state",)
-    search_fields = ("id", "conversation__id", "agent__display_name")
+    list_filter = ("state", "conversation__language", "conversation__priority")
+    search_fields = ("id", "conversation__id", "conversation__external_id", "agent__display_name", "agent__id")
     list_select_related = ("conversation", "agent")
+    date_hierarchy = "created_at"
 
 
 @admin.register(DispatchWeights)
@@ -39,7 +46,8 @@ class DispatchWeightsAdmin(admin.ModelAdmin):
 @admin.register(AgentConnection)
 class AgentConnectionAdmin(ReadOnlyAdmin):
     list_display = ("agent", "server_id", "opened_at")
-    search_fields = ("agent__display_name", "server_id")
+    list_filter = ("server_id",)
+    search_fields = ("agent__display_name", "agent__id", "server_id")
 
 
 @admin.register(ServerHeartbeat)
@@ -63,8 +71,26 @@ def _run(request: HttpRequest, what: str, fn: Any, *args: Any, **kwargs: Any) ->
         return False
 
 
+class SlaBreachFilter(admin.SimpleListFilter):
+    """Conversations waiting longer than the SLA's answer target right now (the operations page links here)."""
+
+    title = "SLA"
+    parameter_name = "sla"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("breaching", f"Waiting over {settings.SLA_ANSWER_SECONDS:g} s now")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> QuerySet[Conversation]:
+        if self.value() != "breaching":
+            return queryset
+        threshold = timezone.now() - timedelta(seconds=settings.SLA_ANSWER_SECONDS)
+        late = ops.waiting_since_annotated().filter(waiting_since__lt=threshold).values("pk")
+        return queryset.filter(pk__in=late)
+
+
 class LiveConversationAdmin(ConversationAdmin):
     actions = ("cancel", "requeue_front", "reassign")
+    list_filter = (SlaBreachFilter, *ConversationAdmin.list_filter)
 
     @admin.action(description="Re-queue at the front (withdraws the offer or takes it from the agent)")
     def requeue_front(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:
@@ -103,7 +129,41 @@ class LiveConversationAdmin(ConversationAdmin):
         )
 
     def get_urls(self) -> list[Any]:
-        return [path("live/", self.admin_site.admin_view(self.live_view), name="dispatch_live"), *super().get_urls()]
+        view = self.admin_site.admin_view
+        return [
+            path("live/", view(self.live_view), name="dispatch_live"),
+            path("operations/", view(self.operations_view), name="dispatch_operations"),
+            path("operations/data/", view(self.operations_data), name="dispatch_operations_data"),
+            *super().get_urls(),
+        ]
+
+    def operations_view(self, request: HttpRequest) -> HttpResponse:
+        """The operations page; `?fragment=1` is just its figures, which the page's script fetches to refresh.
+
+        admin_view already marks every answer never_cache (no-store).
+        """
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        snapshot = ops.operations_snapshot()
+        context = {
+            "snapshot": snapshot,
+            "charts": charts.operations_charts(snapshot),
+            "refresh_seconds": REFRESH_SECONDS,
+            "breach_list_limit": ops.BREACH_LIST_LIMIT,
+        }
+        if request.GET.get("fragment"):
+            response = TemplateResponse(request, "admin/dispatch/operations_figures.html", context)
+            response["X-Ops-Fragment"] = "1"
+        else:
+            context = {**self.admin_site.each_context(request), **context, "title": "Operations"}
+            response = TemplateResponse(request, "admin/dispatch/operations.html", context)
+        return response
+
+    def operations_data(self, request: HttpRequest) -> JsonResponse:
+        """The same figures as JSON (see docs/DISPATCH.md, "Operations page")."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return JsonResponse(asdict(ops.operations_snapshot()))
 
     def live_view(self, request: HttpRequest) -> HttpResponse:
         now = timezone.now()
@@ -130,11 +190,20 @@ class LiveConversationAdmin(ConversationAdmin):
         return TemplateResponse(request, "admin/dispatch/live.html", context)
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
-        return super().changelist_view(request, {**(extra_context or {}), "live_url": reverse("admin:dispatch_live")})
+        links = {"live_url": reverse("admin:dispatch_live"), "operations_url": reverse("admin:dispatch_operations")}
+        return super().changelist_view(request, {**(extra_context or {}), **links})
 
 
 class LiveAgentAdmin(AgentAdmin):
     actions = ("approve", "suspend", "force_offline")
+
+    @admin.action(
+        description="Suspend selected agents (offline; their conversations go back to the front of the queue)"
+    )
+    def suspend(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        actor = f"admin:{request.user}"
+        done = sum(_run(request, a.pk, services.agent_suspend, agent_id=a.pk, actor=actor) for a in queryset)
+        self.message_user(request, f"Suspended {done} agent(s).", messages.WARNING)
 
     @admin.action(description="Force offline (their conversations go back to the front of the queue)")
     def force_offline(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:

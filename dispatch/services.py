@@ -25,6 +25,7 @@ from marketplace import callbacks
 from marketplace.models import Agent, Conversation, Message
 from marketplace.services import (
     agent_release_slot,
+    agent_set_approval,
     conversation_notify_queued,
     conversation_transition,
     queue_key_for,
@@ -630,6 +631,13 @@ def agent_force_offline(*, agent_id: str, actor: str) -> Agent:
     """Admin: take the agent offline now and pass its work on."""
     agent = agent_set_status(agent_id=agent_id, status=Agent.Status.OFFLINE, actor=actor)
     agent_release_work(agent_id=agent_id, reason="agent_offline")
+    return agent
+
+
+def agent_suspend(*, agent_id: str, actor: str) -> Agent:
+    """Admin: suspend the agent (it goes offline and cannot come back) and pass its work on."""
+    agent = agent_set_approval(agent_id=agent_id, approval=Agent.Approval.SUSPENDED, actor=actor)
+    agent_release_work(agent_id=agent_id, reason="agent_suspended")
     return agent
 
 

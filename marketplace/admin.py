@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.db import connection
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
@@ -39,6 +40,35 @@ class ReadOnlyInline(admin.TabularInline):
         return False
 
 
+class JsonListFilter(admin.SimpleListFilter):
+    """Agents whose JSON list field (languages, skills) holds the chosen code."""
+
+    field = ""
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        lists = model_admin.get_queryset(request).values_list(self.field, flat=True)
+        return [(code, code) for code in sorted({str(c) for codes in lists for c in (codes or [])})]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        code = self.value()
+        if not code:
+            return queryset
+        if connection.features.supports_json_field_contains:
+            return queryset.filter(**{f"{self.field}__contains": [code]})
+        # SQLite: match the quoted code in the stored JSON text (codes are plain lowercase words).
+        return queryset.filter(**{f"{self.field}__icontains": f'"{code}"'})
+
+
+class LanguageFilter(JsonListFilter):
+    title = parameter_name = "language"
+    field = "languages"
+
+
+class SkillFilter(JsonListFilter):
+    title = parameter_name = "skill"
+    field = "skills"
+
+
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
     list_display = (
@@ -54,7 +84,7 @@ class AgentAdmin(admin.ModelAdmin):
         "resolution_rate",
         "acceptance_rate",
     )
-    list_filter = ("approval", "status")
+    list_filter = ("approval", "status", LanguageFilter, SkillFilter, "capacity")
     search_fields = ("display_name", "id", "user__username", "user__email")
     readonly_fields = (
         "id",
@@ -138,8 +168,8 @@ class ConversationAdmin(admin.ModelAdmin):
         "assigned_agent",
         "created_at",
     )
-    list_filter = ("status", "priority", "language", "integration")
-    search_fields = ("id", "external_id", "summary", "assigned_agent__display_name")
+    list_filter = ("status", "priority", "language", "topic", "integration", "outcome", "rating_score")
+    search_fields = ("id", "external_id", "summary", "topic", "assigned_agent__display_name", "assigned_agent__id")
     date_hierarchy = "created_at"
     list_select_related = ("integration", "assigned_agent")
     inlines = (MessageInline, ConversationEventInline, CallbackEventInline)
@@ -170,13 +200,15 @@ class MessageAdmin(ReadOnlyAdmin):
     list_display = ("id", "conversation", "role", "text", "created_at")
     list_filter = ("role",)
     search_fields = ("id", "conversation__id", "text", "external_id", "client_id")
+    date_hierarchy = "created_at"
 
 
 @admin.register(ConversationEvent)
 class ConversationEventAdmin(ReadOnlyAdmin):
     list_display = ("created_at", "conversation", "kind", "from_status", "to_status", "actor")
-    list_filter = ("kind",)
-    search_fields = ("conversation__id", "actor")
+    list_filter = ("kind", "to_status")
+    search_fields = ("conversation__id", "conversation__external_id", "actor")
+    date_hierarchy = "created_at"
 
 
 class CallbackAttemptInline(ReadOnlyInline):
@@ -188,7 +220,8 @@ class CallbackAttemptInline(ReadOnlyInline):
 class CallbackEventAdmin(ReadOnlyAdmin):
     list_display = ("id", "type", "conversation", "seq", "state", "attempts", "next_attempt_at", "delivered_at")
     list_filter = ("state", "type", "integration")
-    search_fields = ("id", "conversation__id", "conversation__external_id")
+    search_fields = ("id", "conversation__id", "conversation__external_id", "integration__name")
+    date_hierarchy = "created_at"
     inlines = (CallbackAttemptInline,)
     actions = ("retry",)
 

@@ -1,4 +1,4 @@
-"""Payouts in admin: pay rules and policy, earnings (dispute), transfers (retry), the ledger, Stripe events."""
+"""Payouts in admin: pay rules and policy, earnings (dispute), transfers (retry, dispute), the ledger, Stripe events."""
 
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ class TransferAdmin(ReadOnlyAdmin):
     search_fields = ("id", "stripe_transfer_id", "destination", "agent__display_name", "earning__id")
     list_select_related = ("agent",)
     date_hierarchy = "created_at"
-    actions = ("retry",)
+    actions = ("retry", "dispute")
 
     @admin.action(description="Retry (failed or held transfers)")
     def retry(self, request: HttpRequest, queryset: QuerySet[Transfer]) -> None:
@@ -126,12 +126,29 @@ class TransferAdmin(ReadOnlyAdmin):
         done = sum(_run(request, t.pk, services.transfer_retry, transfer_id=t.pk, actor=actor) for t in queryset)
         self.message_user(request, f"Queued {done} transfer(s) again.", messages.SUCCESS)
 
+    @admin.action(description="Dispute the earning (cancel an unsent transfer, claw back a paid one)")
+    def dispute(self, request: HttpRequest, queryset: QuerySet[Transfer]) -> None:
+        actor = f"admin:{request.user}"
+        done = sum(
+            _run(
+                request,
+                t.pk,
+                services.earning_dispute,
+                earning_id=t.earning_id,
+                reason="disputed by an admin",
+                actor=actor,
+            )
+            for t in queryset
+        )
+        self.message_user(request, f"Disputed the earnings of {done} transfer(s).", messages.SUCCESS)
+
 
 @admin.register(Reversal)
 class ReversalAdmin(ReadOnlyAdmin):
     list_display = ("id", "transfer", "amount", "currency", "state", "stripe_reversal_id", "last_error", "created_at")
-    list_filter = ("state",)
-    search_fields = ("id", "transfer__id", "stripe_reversal_id", "earning__id")
+    list_filter = ("state", "currency")
+    search_fields = ("id", "transfer__id", "stripe_reversal_id", "earning__id", "transfer__agent__display_name")
+    date_hierarchy = "created_at"
 
 
 class LedgerLineInline(ReadOnlyInline):
@@ -160,12 +177,13 @@ class LedgerLineAdmin(ReadOnlyAdmin):
 @admin.register(StripeEvent)
 class StripeEventAdmin(ReadOnlyAdmin):
     list_display = ("id", "type", "account", "created", "received_at", "processed_at", "deliveries", "outcome")
-    list_filter = ("type",)
-    search_fields = ("id", "account")
+    list_filter = ("type", ("processed_at", admin.EmptyFieldListFilter))
+    search_fields = ("id", "account", "outcome")
+    date_hierarchy = "received_at"
 
 
 @admin.register(Payout)
 class PayoutAdmin(ReadOnlyAdmin):
     list_display = ("stripe_payout_id", "account", "amount", "currency", "status", "arrival_date")
-    list_filter = ("status",)
-    search_fields = ("stripe_payout_id", "account__stripe_account_id")
+    list_filter = ("status", "currency")
+    search_fields = ("stripe_payout_id", "account__stripe_account_id", "account__agent__display_name")
