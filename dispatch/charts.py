@@ -220,8 +220,8 @@ def operations_charts(snapshot: OperationsSnapshot) -> dict[str, HBars | VBars]:
         "offers": hbars(
             "Offers by outcome",
             offers_rows,
-            label_width=96,
-            value_width=84,
+            label_width=100,
+            value_width=100,
             legend=[
                 LegendItem("accepted", "ops-accepted"),
                 LegendItem("declined", "ops-declined"),

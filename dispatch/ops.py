@@ -401,9 +401,15 @@ def _short(seconds: int) -> str:
 
 
 def _bucket_label(lower: int, upper: int | None) -> str:
+    """≤10s, 10–30s, 30s–1m, 1–2m, >10m: short enough to sit under a bar on a phone."""
     if upper is None:
         return f">{_short(lower)}"
-    return f"≤{_short(upper)}" if lower == 0 else f"{_short(lower)}–{_short(upper)}"
+    if lower == 0:
+        return f"≤{_short(upper)}"
+    low, high = _short(lower), _short(upper)
+    if low[-1] == high[-1]:  # same unit: write it once
+        low = low[:-1]
+    return f"{low}–{high}"
 
 
 def wait_figures(spells: list[Spell]) -> WaitFigures:

@@ -130,11 +130,11 @@ def test_time_to_answer_percentiles_histogram_and_sla_over_each_window(answered,
     # Buckets hold (lower, upper]: 60 s is within the target, as in the SLA.
     assert [(b.label, b.count, b.over_target) for b in day.waits.histogram] == [
         ("≤10s", 1, False),
-        ("10s–30s", 2, False),
+        ("10–30s", 2, False),
         ("30s–1m", 3, False),
-        ("1m–2m", 4, True),
-        ("2m–5m", 0, True),
-        ("5m–10m", 1, True),
+        ("1–2m", 4, True),
+        ("2–5m", 0, True),
+        ("5–10m", 1, True),
         (">10m", 0, True),
     ]
 
