@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any, cast
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.csrf import csrf_failure as default_csrf_failure
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -91,8 +93,17 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     return response
 
 
+@csrf_exempt  # an unknown path is a 404 whatever the cookies say, never a CSRF page
 def json_not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     return JsonResponse({"error": {"code": "not_found", "detail": "No such resource."}}, status=404)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """The API answers in its own error shape; pages (admin, the app's login) keep Django's page."""
+    if request.path.startswith("/api/"):
+        detail = "CSRF check failed: send the X-CSRFToken header with a session, or use a token."
+        return JsonResponse({"error": {"code": "csrf_failed", "detail": detail}}, status=403)
+    return default_csrf_failure(request, reason)
 
 
 def json_server_error(request: HttpRequest) -> JsonResponse:

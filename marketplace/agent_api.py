@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.request import Request
@@ -72,12 +72,26 @@ _ME = inline_serializer(
 )
 
 
+_AUTH_ERRORS = {
+    401: OpenApiResponse(description="Not logged in"),
+    403: OpenApiResponse(description="Not an agent"),
+}
+
+
 class AgentMeApi(APIView):
-    @extend_schema(operation_id="agent_me", responses={200: _ME})
+    @extend_schema(operation_id="agent_me", responses={200: _ME, **_AUTH_ERRORS})
     def get(self, request: Request) -> Response:
         return Response(me_payload(_agent_for(request)))
 
-    @extend_schema(operation_id="agent_me_update", request=_ProfileSerializer, responses={200: _ME})
+    @extend_schema(
+        operation_id="agent_me_update",
+        request=_ProfileSerializer,
+        responses={
+            200: _ME,
+            400: OpenApiResponse(description="An invalid field (named in error.field)"),
+            **_AUTH_ERRORS,
+        },
+    )
     def patch(self, request: Request) -> Response:
         agent = _agent_for(request)
         serializer = _ProfileSerializer(data=request.data)

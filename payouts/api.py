@@ -66,6 +66,8 @@ class OnboardingApi(AgentApi):
                     "account_id": serializers.CharField(),
                 },
             ),
+            401: OpenApiResponse(description="Not logged in"),
+            403: OpenApiResponse(description="Not an agent"),
             502: OpenApiResponse(description="Stripe could not be reached"),
             503: OpenApiResponse(description="Stripe is not configured on this platform"),
         },
@@ -83,7 +85,12 @@ class PayoutStatusApi(AgentApi):
     @extend_schema(
         operation_id="payouts_status",
         parameters=[OpenApiParameter("refresh", bool, description="Ask Stripe now (back from onboarding)")],
-        responses={200: _STATUS},
+        responses={
+            200: _STATUS,
+            401: OpenApiResponse(description="Not logged in"),
+            403: OpenApiResponse(description="Not an agent"),
+            502: OpenApiResponse(description="Stripe could not be reached (refresh=1)"),
+        },
         description="Whether the agent's account can receive transfers, what Stripe still needs, and why not.",
     )
     def get(self, request: Request) -> Response:
@@ -117,7 +124,10 @@ class EarningsApi(AgentApi):
                     "next": serializers.DictField(allow_null=True, help_text="before and before_id of the next page"),
                     "items": serializers.ListField(child=serializers.DictField()),
                 },
-            )
+            ),
+            400: OpenApiResponse(description="An invalid limit, before or before_id (named in error.field)"),
+            401: OpenApiResponse(description="Not logged in"),
+            403: OpenApiResponse(description="Not an agent"),
         },
     )
     def get(self, request: Request) -> Response:

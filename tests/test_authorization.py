@@ -118,3 +118,15 @@ def test_the_stripe_webhook_trusts_nothing_unsigned(settings):
         "/webhooks/stripe/", {"id": "evt_1", "type": "balance.available"}, content_type="application/json"
     )
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_signature"
+
+
+def test_a_logged_in_browser_gets_json_errors_from_the_api_never_a_csrf_page(two_agents):
+    a, _, _ = two_agents
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(a.user)
+
+    unknown = browser.post("/api/v1/escalations/%C2%84/cancel", {}, content_type="application/json")
+    no_token = browser.post("/api/v1/agent/payouts/onboarding", {}, content_type="application/json")
+
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+    assert no_token.status_code == 403 and "CSRF" in no_token.json()["error"]["detail"]
