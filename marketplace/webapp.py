@@ -13,6 +13,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET
 
+from .models import Agent
+
 APP_NAME = "Agent Desk"
 
 
@@ -31,7 +33,9 @@ class AppLogoutView(auth_views.LogoutView):
 @ensure_csrf_cookie  # the app's fetch() calls send it back as X-CSRFToken
 @login_required(login_url="/app/login")
 def shell(request: HttpRequest) -> HttpResponse:
-    agent = getattr(request.user, "agent", None)
+    agent = Agent.objects.filter(user=request.user).first()
+    if agent is None:  # staff or another kind of user: no app to show, and no login loop
+        return render(request, "app/not_an_agent.html", {"app_name": APP_NAME}, status=403)
     return render(
         request,
         "app/shell.html",

@@ -78,3 +78,13 @@ def test_me_needs_an_agent(client, make_agent):
     token = Token.objects.create(user=agent.user)
     client.logout()
     assert client.get("/api/v1/agent/me", HTTP_AUTHORIZATION=f"Token {token.key}").json()["id"] == agent.id
+
+
+def test_a_user_who_is_not_an_agent_is_told_so_not_sent_round_in_circles(client):
+    user = get_user_model().objects.create_user("ops", password="ops-pass-123")
+    client.force_login(user)
+
+    page = client.get("/app/")
+
+    assert page.status_code == 403 and b"not an agent account" in page.content
+    assert client.get("/app/login")["Location"] == "/app/"  # logged in: the login page sends back here
