@@ -139,8 +139,14 @@ function connect() {
     if (state.ws !== ws) return;
     state.connected = false;
     document.body.dataset.connected = "false";
-    if (event.code === 4401 || event.code === 4403) {
-      window.location.assign("/app/login");
+    if (event.code === 4401) {
+      window.location.assign("/app/login"); // the session ended
+      return;
+    }
+    if (event.code === 4403) {
+      // Suspended (or not an agent): reconnecting would not help; say so and stop.
+      $("#offline-text").textContent = "Your account cannot take conversations right now. Contact support.";
+      $("#offline").hidden = false;
       return;
     }
     // Reconnect with exponential backoff and full jitter (0.5 s .. 30 s).
