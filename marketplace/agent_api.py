@@ -16,7 +16,8 @@ from . import services
 from .models import Agent
 
 
-def _agent_for(request: Request) -> Agent:
+def agent_for(request: Request) -> Agent:
+    """The agent behind the request (token or session); 403 for any other user."""
     agent = Agent.objects.select_related("user").filter(user=request.user).first()
     if agent is None:
         raise PermissionDenied("This account is not an agent.")
@@ -81,7 +82,7 @@ _AUTH_ERRORS = {
 class AgentMeApi(APIView):
     @extend_schema(operation_id="agent_me", responses={200: _ME, **_AUTH_ERRORS})
     def get(self, request: Request) -> Response:
-        return Response(me_payload(_agent_for(request)))
+        return Response(me_payload(agent_for(request)))
 
     @extend_schema(
         operation_id="agent_me_update",
@@ -93,7 +94,7 @@ class AgentMeApi(APIView):
         },
     )
     def patch(self, request: Request) -> Response:
-        agent = _agent_for(request)
+        agent = agent_for(request)
         serializer = _ProfileSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data

@@ -23,16 +23,17 @@ def validate_callback_url(value: str) -> None:
         raise ValidationError("Enter an http:// or https:// URL with a host.", code="invalid")
 
 
-def _new_id(prefix: str) -> str:
+def prefixed_id(prefix: str) -> str:
+    """A stable string id: the kind of object, then 24 random hex digits (conv_..., ern_...)."""
     return f"{prefix}_{secrets.token_hex(12)}"
 
 
 def new_agent_id() -> str:
-    return _new_id("agt")
+    return prefixed_id("agt")
 
 
 def new_integration_id() -> str:
-    return _new_id("bot")
+    return prefixed_id("bot")
 
 
 def new_integration_secret() -> str:
@@ -40,15 +41,15 @@ def new_integration_secret() -> str:
 
 
 def new_conversation_id() -> str:
-    return _new_id("conv")
+    return prefixed_id("conv")
 
 
 def new_message_id() -> str:
-    return _new_id("msg")
+    return prefixed_id("msg")
 
 
 def new_event_id() -> str:
-    return _new_id("evt")
+    return prefixed_id("evt")
 
 
 class Agent(models.Model):

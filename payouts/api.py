@@ -14,11 +14,11 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
-from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from marketplace.agent_api import agent_for
 from marketplace.models import Agent
 
 from . import selectors, services
@@ -28,10 +28,7 @@ logger = logging.getLogger(__name__)
 
 class AgentApi(APIView):
     def agent(self) -> Agent:
-        agent = Agent.objects.select_related("user").filter(user=self.request.user).first()
-        if agent is None:
-            raise PermissionDenied("This account is not an agent.")
-        return agent
+        return agent_for(self.request)
 
 
 _STATUS = inline_serializer(

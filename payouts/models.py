@@ -8,28 +8,24 @@ be posted only once. Balances are sums over lines, never a stored number.
 
 from __future__ import annotations
 
-import secrets
-
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-
-def _new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(12)}"
+from marketplace.models import prefixed_id
 
 
 def new_earning_id() -> str:
-    return _new_id("ern")
+    return prefixed_id("ern")
 
 
 def new_transfer_id() -> str:
-    return _new_id("ptr")
+    return prefixed_id("ptr")
 
 
 def new_reversal_id() -> str:
-    return _new_id("prv")
+    return prefixed_id("prv")
 
 
 def _default_amount() -> int:

@@ -22,7 +22,7 @@ from django.test import Client
 
 from config import jobs
 from marketplace import services, signing
-from marketplace.models import Agent, BotIntegration
+from marketplace.models import Agent, BotIntegration, Conversation
 
 from .processes import local_http_server
 
@@ -159,6 +159,21 @@ def make_integration(db: None) -> Callable[..., BotIntegration]:
 @pytest.fixture
 def integration(make_integration: Callable[..., BotIntegration]) -> BotIntegration:
     return make_integration()
+
+
+@pytest.fixture
+def escalate(integration: BotIntegration) -> Callable[..., Conversation]:
+    """New conversations from the bot, through the service (external ids conv-1, conv-2, ...)."""
+    counter = iter(range(1, 100_000))
+
+    def make(**fields: Any) -> Conversation:
+        fields.setdefault("external_id", f"conv-{next(counter)}")
+        conversation, _ = services.conversation_escalate(
+            integration=integration, data=services.EscalationInput(**fields)
+        )
+        return conversation
+
+    return make
 
 
 @pytest.fixture

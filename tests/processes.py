@@ -18,6 +18,8 @@ from typing import Any
 import requests
 from django.conf import settings
 
+from marketplace import signing
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -162,3 +164,24 @@ class AgentClient:
 
     def close(self) -> None:
         self._stack.close()
+
+
+class HttpBot:
+    """An AI bot over real HTTP: signed requests to a running service; a non-2xx fails the test."""
+
+    def __init__(self, base: str, integration: Any) -> None:
+        self.base, self.integration = base, integration
+
+    def post(self, path: str, payload: dict[str, Any]) -> requests.Response:
+        body = json.dumps(payload).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "X-Bot-Id": self.integration.id,
+            "X-Bot-Signature": signing.header(self.integration.secret, body),
+        }
+        response = requests.post(self.base + path, data=body, headers=headers, timeout=10)
+        assert response.status_code in (200, 201), response.text
+        return response
+
+    def escalate(self, external_id: str, **fields: Any) -> dict[str, Any]:
+        return self.post("/api/v1/escalations", {"external_id": external_id, **fields}).json()

@@ -4,43 +4,21 @@ WebSocket client, the bot over HTTP with signed requests."""
 
 from __future__ import annotations
 
-import json
 from contextlib import ExitStack
 from datetime import timedelta
 
 import pytest
-import requests
 from django.db.models import Count
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from dispatch.models import Offer
-from marketplace import signing
 from marketplace.models import Agent, CallbackEvent, Conversation
 
 from .conftest import wait_for
-from .processes import AgentClient, celery_beat, celery_worker, daphne, service_env
+from .processes import AgentClient, HttpBot, celery_beat, celery_worker, daphne, service_env
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
-
-
-class Bot:
-    def __init__(self, base: str, integration) -> None:
-        self.base, self.integration = base, integration
-
-    def post(self, path: str, payload: dict) -> requests.Response:
-        body = json.dumps(payload).encode()
-        headers = {
-            "Content-Type": "application/json",
-            "X-Bot-Id": self.integration.id,
-            "X-Bot-Signature": signing.header(self.integration.secret, body),
-        }
-        response = requests.post(self.base + path, data=body, headers=headers, timeout=10)
-        assert response.status_code in (200, 201), response.text
-        return response
-
-    def escalate(self, external_id: str, **fields) -> dict:
-        return self.post("/api/v1/escalations", {"external_id": external_id, **fields}).json()
 
 
 @pytest.fixture
@@ -79,7 +57,7 @@ def test_offer_decline_expiry_accept_chat_resolve_and_grace_across_two_processes
     cluster, make_agent, make_integration, callback_receiver
 ):
     a, b = cluster
-    bot = Bot(a, make_integration(callback_url=callback_receiver.url))
+    bot = HttpBot(a, make_integration(callback_url=callback_receiver.url))
     alice_token = agent_with_token(make_agent, "alice")
     alice, bob = AgentClient(a, alice_token), AgentClient(b, agent_with_token(make_agent, "bob"))
     carol = AgentClient(a, agent_with_token(make_agent, "carol"))
@@ -101,7 +79,7 @@ def test_offer_decline_expiry_accept_chat_resolve_and_grace_across_two_processes
     assert assigned["conversation"]["id"] == conversation["id"]
 
     # Chat both ways: the customer through the bot's API on process B, carol on process A.
-    Bot(b, bot.integration).post(f"/api/v1/escalations/{conversation['id']}/messages", {"text": "Hello?"})
+    HttpBot(b, bot.integration).post(f"/api/v1/escalations/{conversation['id']}/messages", {"text": "Hello?"})
     assert carol.expect("message")["message"]["text"] == "Hello?"
     carol.send(type="message.send", conversation_id=conversation["id"], text="Hi! Refund on its way.", client_id="k1")
     carol.expect("message")
@@ -153,7 +131,7 @@ def test_offer_decline_expiry_accept_chat_resolve_and_grace_across_two_processes
 
 def test_a_burst_of_escalations_is_shared_out_without_double_assignment(cluster, make_agent, make_integration):
     a, b = cluster
-    bot = Bot(b, make_integration())
+    bot = HttpBot(b, make_integration())
     clients = []
     for n in range(4):
         token = agent_with_token(make_agent, f"burst{n}")

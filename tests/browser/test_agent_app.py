@@ -3,38 +3,19 @@ see the earning; a dropped connection in the middle loses nothing."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
-import requests
 from playwright.sync_api import expect
 
-from marketplace import signing
 from marketplace.models import Conversation, Message
 from payouts.models import Earning
 
 from ..conftest import wait_for
+from ..processes import HttpBot
 from .conftest import screenshot
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
 PASSWORD = "test-pass-123"
-
-
-class Bot:
-    def __init__(self, base: str, integration) -> None:
-        self.base, self.integration = base, integration
-
-    def post(self, path: str, payload: dict) -> dict:
-        body = json.dumps(payload).encode()
-        headers = {
-            "Content-Type": "application/json",
-            "X-Bot-Id": self.integration.id,
-            "X-Bot-Signature": signing.header(self.integration.secret, body),
-        }
-        response = requests.post(self.base + path, data=body, headers=headers, timeout=10)
-        assert response.status_code in (200, 201), response.text
-        return response.json()
 
 
 def callbacks_of(receiver, type_: str) -> list[dict]:
@@ -56,7 +37,7 @@ def test_a_whole_shift_on_a_phone(phone, server, make_agent, make_integration, c
     page = phone
     agent = make_agent(username="maria", online=False, languages=("en", "sv"), skills=("billing",), capacity=2)
     integration = make_integration(callback_url=callback_receiver.url)
-    bot = Bot(server, integration)
+    bot = HttpBot(server, integration)
 
     # Log in and go online.
     log_in(page, "maria")
@@ -66,10 +47,9 @@ def test_a_whole_shift_on_a_phone(phone, server, make_agent, make_integration, c
     screenshot(page, "02-home-online")
 
     # The bot escalates: the offer appears with its pay and a countdown.
-    created = bot.post(
-        "/api/v1/escalations",
-        {
-            "external_id": "shift-1",
+    created = bot.escalate(
+        "shift-1",
+        **{
             "language": "en",
             "topic": "billing",
             "priority": "high",
@@ -109,10 +89,7 @@ def test_a_whole_shift_on_a_phone(phone, server, make_agent, make_integration, c
     screenshot(page, "04-conversation")
 
     # Capacity 2: a second conversation at once, in its own tab.
-    second = bot.post(
-        "/api/v1/escalations",
-        {"external_id": "shift-2", "language": "sv", "summary": "Cannot log in", "customer": {"name": "Olle"}},
-    )
+    second = bot.escalate("shift-2", language="sv", summary="Cannot log in", customer={"name": "Olle"})
     expect(offer).to_contain_text("Cannot log in")
     page.get_by_role("button", name="Accept").click()
     tabs = page.get_by_role("tablist", name="Your conversations")

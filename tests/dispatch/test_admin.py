@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.admin.utils import quote
-from django.contrib.auth import get_user_model
 from django.urls import reverse
 
 from dispatch import services as dispatch
@@ -12,12 +11,6 @@ from dispatch.models import Offer
 from marketplace.models import Agent, Conversation
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def admin_client(client):
-    client.force_login(get_user_model().objects.create_superuser("root", "root@example.com", "root-pass-123"))
-    return client
 
 
 @pytest.fixture

@@ -32,12 +32,6 @@ def now() -> datetime:
 
 
 @pytest.fixture
-def admin_client(client: Any) -> Any:
-    client.force_login(get_user_model().objects.create_superuser("root", "root@example.com", "root-pass-123"))
-    return client
-
-
-@pytest.fixture
 def conversation_at(integration: BotIntegration, now: datetime) -> Callable[..., Conversation]:
     """A conversation whose status history (its event log) happened at the given times."""
     numbers: Iterator[int] = count(1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from django.contrib import admin
 from django.contrib.admin.utils import quote
-from django.contrib.auth import get_user_model
 from django.urls import reverse
 
 from dispatch import services as dispatch
@@ -13,13 +12,6 @@ from marketplace import services
 from marketplace.models import Agent, CallbackEvent, Conversation
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def admin_client(client):
-    user = get_user_model().objects.create_superuser("root", "root@example.com", "root-pass-123")
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture

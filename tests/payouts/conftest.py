@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -11,7 +12,6 @@ from django.test import Client
 
 from dispatch import services as dispatch
 from dispatch.models import Offer
-from marketplace import services
 from marketplace.models import Agent, Conversation
 from payouts import services as payouts
 from payouts.models import ConnectedAccount, LedgerLine, StripeEvent, Transfer
@@ -43,7 +43,7 @@ def emit(standin: StripeStandIn, type_: str, obj: dict[str, Any], account: str |
     """Stripe sends a signed event to our webhook endpoint (through Django's test client)."""
     event = standin.event(type_, obj, account=account)
     event.update(fields)
-    payload = __import__("json").dumps(event).encode()
+    payload = json.dumps(event).encode()
     return Client().generic(
         "POST",
         "/webhooks/stripe/",
@@ -93,20 +93,6 @@ def resolve(escalate: Callable[..., Conversation]) -> Callable[..., Conversation
         return dispatch.conversation_resolve(conversation_id=conversation.pk, agent=agent, outcome=outcome)
 
     return run
-
-
-@pytest.fixture
-def escalate(integration) -> Callable[..., Conversation]:
-    counter = iter(range(1, 100_000))
-
-    def make(**fields: Any) -> Conversation:
-        fields.setdefault("external_id", f"conv-{next(counter)}")
-        conversation, _ = services.conversation_escalate(
-            integration=integration, data=services.EscalationInput(**fields)
-        )
-        return conversation
-
-    return make
 
 
 def ledger_sums_to_zero() -> None:

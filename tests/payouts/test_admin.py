@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.admin.utils import quote
-from django.contrib.auth import get_user_model
 from django.urls import reverse
 
 from payouts import services as payouts
@@ -23,13 +22,6 @@ from payouts.models import (
 from .conftest import ledger_sums_to_zero
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def admin_client(client):
-    user = get_user_model().objects.create_superuser("root", "root@example.com", "root-pass-123")
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture
