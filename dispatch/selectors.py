@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 from django.conf import settings
-from django.db.models import Exists, F, OuterRef, QuerySet
+from django.db.models import (
+    BooleanField,
+    Case,
+    DateTimeField,
+    Exists,
+    ExpressionWrapper,
+    F,
+    FloatField,
+    Func,
+    OuterRef,
+    Q,
+    QuerySet,
+    Value,
+    When,
+)
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from marketplace.models import Agent, Conversation
@@ -21,11 +37,7 @@ def skills_widened(conversation: Conversation, now: datetime) -> bool:
     return now - conversation.created_at >= timedelta(seconds=settings.SKILL_WIDEN_AFTER_SECONDS)
 
 
-def speaks(agent: Agent | Candidate, conversation: Conversation) -> bool:
-    return not conversation.language or conversation.language in (agent.languages or [])
-
-
-def has_skill(agent: Agent | Candidate, conversation: Conversation) -> bool:
+def has_skill(agent: Agent, conversation: Conversation) -> bool:
     return not conversation.topic or conversation.topic in (agent.skills or [])
 
 
@@ -36,64 +48,89 @@ def available_agents() -> QuerySet[Agent]:
     ).exclude(Exists(Offer.objects.filter(agent=OuterRef("pk"), state=Offer.State.PENDING)))
 
 
-_RANK_FIELDS = (
-    "pk",
-    "languages",
-    "skills",
-    "active_count",
-    "idle_since",
-    "rating_sum",
-    "rating_count",
-    "resolved_count",
-    "unresolved_count",
-    "offers_accepted",
-    "offers_received",
-)
+class JsonListHas(Func):
+    """True when a JSON list column holds `value`: jsonb containment on PostgreSQL, json_each on SQLite."""
+
+    output_field = BooleanField()
+
+    def __init__(self, column: str, value: str) -> None:
+        super().__init__(F(column))
+        self.value = value
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        column, params = compiler.compile(self.source_expressions[0])
+        sql = f"EXISTS (SELECT 1 FROM json_each({column}) WHERE json_each.value = %s)"  # noqa: S608 (a column, a parameter)
+        return sql, (*params, self.value)
+
+    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        column, params = compiler.compile(self.source_expressions[0])
+        return f"({column} @> %s::jsonb)", (*params, json.dumps([self.value]))
 
 
-class Candidate(NamedTuple):
-    """The figures ranking needs, without building a model instance per agent."""
+class SecondsSince(Func):
+    """Seconds from a timestamp column to `now` (a parameter, so every row is scored at the same instant)."""
 
-    pk: str
-    languages: list[str]
-    skills: list[str]
-    active_count: int
-    idle_since: datetime | None
-    rating_sum: int
-    rating_count: int
-    resolved_count: int
-    unresolved_count: int
-    offers_accepted: int
-    offers_received: int
+    output_field = FloatField()
+    template = "((julianday(%(expressions)s)) * 86400.0)"  # SQLite
+    arg_joiner = ") - julianday("
 
+    def __init__(self, column: str, now: datetime) -> None:
+        super().__init__(Value(now, output_field=DateTimeField()), F(column))
 
-def score(agent: Agent | Candidate, conversation: Conversation, weights: DispatchWeights, now: datetime) -> float:
-    """Higher is better. Each term is in [0, 1]; see docs/DISPATCH.md."""
-    idle = (now - agent.idle_since).total_seconds() if agent.active_count == 0 and agent.idle_since else 0.0
-    idle_term = idle / (idle + weights.idle_half_seconds) if idle > 0 else 0.0
-    k = weights.prior_weight
-    rating = (agent.rating_sum + 4.0 * k) / (agent.rating_count + k)  # prior: 4 stars
-    closed = agent.resolved_count + agent.unresolved_count
-    resolution = (agent.resolved_count + 0.8 * k) / (closed + k)  # prior: 80 % resolved
-    quality_term = 0.7 * (rating - 1) / 4 + 0.3 * resolution
-    acceptance = (agent.offers_accepted + 0.9 * k) / (agent.offers_received + k)  # prior: 90 % accepted
-    skill = weights.skill_bonus if has_skill(agent, conversation) else 0.0
-    return weights.fairness * idle_term + weights.quality * quality_term + weights.reliability * acceptance + skill
+    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        template = "EXTRACT(EPOCH FROM (%(expressions)s))::float"
+        return self.as_sql(compiler, connection, template=template, arg_joiner=" - ", **extra)
 
 
-def ranked_candidates(conversation: Conversation, now: datetime | None = None) -> list[Candidate]:
-    """Agents who may be offered the conversation now, best first."""
+def _ratio(numerator: Any, denominator: Any) -> Any:
+    return ExpressionWrapper(numerator / denominator, output_field=FloatField())
+
+
+def score_expression(conversation: Conversation, weights: DispatchWeights, now: datetime) -> Any:
+    """Higher is better; each term is in [0, 1] (docs/DISPATCH.md). Computed by the database,
+    so ranking fetches the best few agents instead of scoring every available one in Python."""
+    k = float(weights.prior_weight)
+
+    def num(column: str) -> Any:
+        return Cast(column, FloatField())
+
+    idle = SecondsSince("idle_since", now)
+    half = Value(max(float(weights.idle_half_seconds), 1e-6))
+    idle_term = Case(
+        When(Q(active_count=0, idle_since__isnull=False, idle_since__lt=now), then=_ratio(idle, idle + half)),
+        default=Value(0.0),
+        output_field=FloatField(),
+    )
+    rating = _ratio(num("rating_sum") + Value(4.0 * k), num("rating_count") + Value(k))  # prior: 4 stars
+    closed = num("resolved_count") + num("unresolved_count")
+    resolution = _ratio(num("resolved_count") + Value(0.8 * k), closed + Value(k))  # prior: 80 % resolved
+    quality_term = Value(0.7 / 4) * (rating - Value(1.0)) + Value(0.3) * resolution
+    acceptance = _ratio(num("offers_accepted") + Value(0.9 * k), num("offers_received") + Value(k))  # prior: 90 %
+    skill = (
+        Case(When(JsonListHas("skills", conversation.topic), then=Value(weights.skill_bonus)), default=Value(0.0))
+        if conversation.topic
+        else Value(weights.skill_bonus)
+    )
+    return ExpressionWrapper(
+        Value(weights.fairness) * idle_term
+        + Value(weights.quality) * quality_term
+        + Value(weights.reliability) * acceptance
+        + skill,
+        output_field=FloatField(),
+    )
+
+
+def ranked_candidates(conversation: Conversation, now: datetime | None = None, limit: int = 20) -> list[str]:
+    """Ids of the agents who may be offered the conversation now, best first (at most `limit`)."""
     now = now or timezone.now()
     refused = Offer.objects.filter(conversation=conversation, state__in=_REFUSED).values("agent_id")
-    widened = skills_widened(conversation, now)
-    rows = available_agents().exclude(pk__in=refused).values_list(*_RANK_FIELDS)
-    candidates = [
-        agent
-        for agent in map(Candidate._make, rows)
-        if speaks(agent, conversation) and (widened or has_skill(agent, conversation))
-    ]
-    weights = DispatchWeights.current()
-    return sorted(candidates, key=lambda a: (-score(a, conversation, weights, now), a.pk))
+    agents = available_agents().exclude(pk__in=refused)
+    if conversation.language:
+        agents = agents.filter(JsonListHas("languages", conversation.language))
+    if conversation.topic and not skills_widened(conversation, now):
+        agents = agents.filter(JsonListHas("skills", conversation.topic))
+    ranked = agents.annotate(score=score_expression(conversation, DispatchWeights.current(), now))
+    return list(ranked.order_by("-score", "pk").values_list("pk", flat=True)[:limit])
 
 
 def conversations_for(agent: Agent, now: datetime | None = None, scan: int = 200) -> list[str]:

@@ -346,9 +346,9 @@ def conversation_dispatch(*, conversation_id: str) -> Offer | None:
     conversation = Conversation.objects.filter(pk=conversation_id, status=Conversation.Status.QUEUED).first()
     if conversation is None:
         return None
-    for agent in selectors.ranked_candidates(conversation):
+    for agent_id in selectors.ranked_candidates(conversation):
         try:
-            return offer_create(conversation_id=conversation_id, agent_id=agent.pk)
+            return offer_create(conversation_id=conversation_id, agent_id=agent_id)
         except AgentUnavailable:
             continue  # someone else was faster; the next candidate
         except OfferNotOpen:

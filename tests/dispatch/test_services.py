@@ -120,7 +120,7 @@ def test_decline_passes_the_conversation_on_at_once(escalate, make_agent, record
     offer.refresh_from_db()
     assert (offer.state, offer.reason) == ("declined", "not my area")
     # The decliner is never offered the same conversation again.
-    assert first.pk not in [candidate.pk for candidate in selectors.ranked_candidates(conversation)]
+    assert first.pk not in selectors.ranked_candidates(conversation)
 
 
 def test_expiry_passes_it_on_and_repeated_misses_set_the_agent_away(escalate, make_agent, recorded_jobs, settings):
@@ -208,10 +208,32 @@ def test_ranking_weighs_quality_not_just_idle_time(escalate, make_agent):
         idle_since=now - timedelta(minutes=2), rating_count=40, rating_sum=196, resolved_count=38, unresolved_count=2
     )
     conversation = escalate()
-    assert selectors.ranked_candidates(conversation)[0].pk == recent_excellent.pk
+    assert selectors.ranked_candidates(conversation)[0] == recent_excellent.pk
 
     DispatchWeights.objects.create(fairness=1.0, quality=0.0, reliability=0.0)  # an admin puts fairness first
-    assert selectors.ranked_candidates(conversation)[0].pk == long_idle_poor.pk
+    assert selectors.ranked_candidates(conversation)[0] == long_idle_poor.pk
+
+
+def test_the_database_computes_the_documented_score(escalate, make_agent):
+    """The ranking runs in SQL (only the best few rows are fetched); its figures are DISPATCH.md's formula."""
+    agent = make_agent()
+    now = timezone.now()
+    Agent.objects.filter(pk=agent.pk).update(
+        idle_since=now - timedelta(seconds=100), rating_count=10, rating_sum=45, resolved_count=7,
+        unresolved_count=3, offers_received=20, offers_accepted=15,
+    )  # fmt: skip
+    conversation = escalate(topic="billing")
+    weights = DispatchWeights(fairness=0.5, quality=0.3, reliability=0.2, skill_bonus=1.0, idle_half_seconds=300)
+    k = weights.prior_weight
+    rating, resolution, acceptance = (45 + 4 * k) / (10 + k), (7 + 0.8 * k) / (10 + k), (15 + 0.9 * k) / (20 + k)
+    expected = 0.5 * 100 / 400 + 0.3 * (0.7 * (rating - 1) / 4 + 0.3 * resolution) + 0.2 * acceptance + 1.0
+
+    scored = Agent.objects.annotate(score=selectors.score_expression(conversation, weights, now)).get(pk=agent.pk)
+    assert scored.score == pytest.approx(expected, rel=1e-6)  # SQLite: julianday, ms
+
+    Agent.objects.filter(pk=agent.pk).update(active_count=1, skills=["refunds"])  # busy: no idle term; no skill
+    scored = Agent.objects.annotate(score=selectors.score_expression(conversation, weights, now)).get(pk=agent.pk)
+    assert scored.score == pytest.approx(expected - 0.5 * 100 / 400 - 1.0, rel=1e-6)
 
 
 def test_going_away_withdraws_the_open_offer_and_passes_it_on(escalate, make_agent, recorded_jobs):
