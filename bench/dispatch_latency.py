@@ -119,7 +119,12 @@ async def agents_role(base: str, tokens: list[str], handle: tuple[float, float])
         async with semaphore:
             task = asyncio.create_task(agent(token))
             await asyncio.sleep(0.002)
-        await task
+        try:
+            await task
+        except Exception as exc:  # say so at once: the coordinator is waiting for everyone to be online
+            emit(kind="failed", error=repr(exc)[:200])
+            out.flush()
+            raise
 
     results = await asyncio.gather(*(start(t) for t in tokens), return_exceptions=True)
     failures: dict[str, int] = {}
@@ -133,17 +138,21 @@ async def agents_role(base: str, tokens: list[str], handle: tuple[float, float])
 
 
 def bot_role(bases: list[str], integration_id: str, secret: str, rate: float, seconds: float) -> None:
+    """Open loop: a POST is sent every 1/rate seconds whether or not earlier ones were answered
+    (a thread pool sends them), so a slow server shows up as latency, not as a lower rate asked."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
     import requests
 
     from marketplace import signing
 
-    session = requests.Session()
-    interval = 1 / rate
-    next_at = time.monotonic()
-    end = next_at + seconds
-    n = 0
-    while time.monotonic() < end:
-        n += 1
+    local = threading.local()
+    lines: list[str] = []
+
+    def post(n: int, scheduled: float) -> None:
+        session = getattr(local, "session", None) or requests.Session()
+        local.session = session
         body = json.dumps({"external_id": f"bench-{n}", "language": "en", "topic": "billing"}).encode()
         headers = {
             "Content-Type": "application/json",
@@ -151,16 +160,69 @@ def bot_role(bases: list[str], integration_id: str, secret: str, rate: float, se
             "X-Bot-Signature": signing.header(secret, body),
         }
         sent = time.monotonic()
-        response = session.post(bases[n % len(bases)] + "/api/v1/escalations", data=body, headers=headers, timeout=10)
+        try:
+            response = session.post(
+                bases[n % len(bases)] + "/api/v1/escalations", data=body, headers=headers, timeout=30
+            )
+            status, conversation_id = response.status_code, response.json().get("id")
+        except requests.RequestException as exc:
+            status, conversation_id = repr(exc)[:80], None
         answered = time.monotonic()
-        conversation_id = response.json().get("id") if response.status_code == 201 else None
-        print(json.dumps({"kind": "posted", "t": sent, "answered": answered, "conversation_id": conversation_id}))
-        next_at += interval
-        time.sleep(max(0.0, next_at - time.monotonic()))
+        event = {"kind": "posted", "t": sent, "scheduled": scheduled, "answered": answered, "status": status}
+        lines.append(json.dumps({**event, "conversation_id": conversation_id if status == 201 else None}))
+
+    interval = 1 / rate
+    next_at = time.monotonic()
+    end = next_at + seconds
+    n = 0
+    with ThreadPoolExecutor(max_workers=max(8, int(rate))) as pool:
+        while next_at < end:
+            n += 1
+            pool.submit(post, n, next_at)
+            next_at += interval
+            time.sleep(max(0.0, next_at - time.monotonic()))
+    print("\n".join(sorted(lines, key=lambda line: json.loads(line)["t"])))
+    cpu = os.times()
+    print(json.dumps({"kind": "cpu", "cpu": cpu.user + cpu.system}))
     sys.stdout.flush()
 
 
 # --- coordinator -------------------------------------------------------------------------
+
+
+def cpu_by_role() -> dict[str, float]:
+    """CPU seconds used so far by each part of the system on this machine (the benchmark's children,
+    and every PostgreSQL and Redis server process): where the two cores go, per escalation."""
+    import psutil
+
+    roles: dict[str, float] = {}
+
+    def add(role: str, proc: psutil.Process) -> None:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            return
+        roles[role] = roles.get(role, 0.0) + times.user + times.system
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "daphne" in cmdline:
+            add("daphne (2 processes)", child)
+        elif " beat " in cmdline:
+            add("celery beat", child)
+        elif "worker" in cmdline and "-Q celery " in cmdline:
+            add("celery worker: dispatch", child)
+        elif "worker" in cmdline:
+            add("celery worker: callbacks, payouts", child)
+        elif "--role agents" in cmdline:
+            add("load: agents' WebSocket clients", child)
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] in ("postgres", "redis-server"):
+            add("PostgreSQL" if proc.info["name"] == "postgres" else "Redis", proc)
+    return roles
 
 
 def prepare_database(server_url: str, name: str) -> str:
@@ -236,6 +298,7 @@ def coordinator(args: argparse.Namespace) -> None:
         LOG_LEVEL=os.environ.get("BENCH_SERVER_LOG_LEVEL", "WARNING"),
         CALLBACK_MAX_ATTEMPTS="1",
         OFFER_TIMEOUT_SECONDS="20",
+        BOT_RATE_LIMIT_PER_MINUTE="1000000",  # one bot stands for many integrations here
     )
     me = [sys.executable, str(Path(__file__).resolve())]
     with ExitStack() as stack:
@@ -264,10 +327,11 @@ def coordinator(args: argparse.Namespace) -> None:
         for proc in agent_procs:  # wait until every agent is online
             assert proc.stdout is not None
             while (event := json.loads(proc.stdout.readline() or '{"kind": "eof"}'))["kind"] != "ready":
-                if event["kind"] in ("eof", "ended"):
+                if event["kind"] in ("eof", "ended", "failed"):
                     raise SystemExit(f"agents could not get online: {event}")
         print("all agents online; load starts", flush=True)
 
+        cpu_before = cpu_by_role()
         bot = subprocess.run(
             [
                 *me,
@@ -291,6 +355,7 @@ def coordinator(args: argparse.Namespace) -> None:
             check=True,
         )
         time.sleep(2)  # the last offers land
+        cpu_used = {role: seconds - cpu_before.get(role, 0.0) for role, seconds in cpu_by_role().items()}
         agent_events = []
         for proc in agent_procs:
             proc.send_signal(signal.SIGTERM)
@@ -298,21 +363,33 @@ def coordinator(args: argparse.Namespace) -> None:
             out = proc.stdout.read()
             proc.wait(timeout=30)
             agent_events += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    report(args, floor, [json.loads(line) for line in bot.stdout.splitlines()], agent_events)
+    posted = [json.loads(line) for line in bot.stdout.splitlines()]
+    cpu_used["load: bot"] = next((p["cpu"] for p in posted if p["kind"] == "cpu"), 0.0)
+    report(args, floor, [p for p in posted if p["kind"] == "posted"], agent_events, cpu_used)
 
 
-def report(args: argparse.Namespace, floor: list[float], posted: list[dict], events: list[dict]) -> None:
+def report(
+    args: argparse.Namespace, floor: list[float], posted: list[dict], events: list[dict], cpu: dict[str, float]
+) -> None:
     start = posted[0]["t"] + args.warmup if posted else 0
+    stop = posted[-1]["t"] if posted else 0
+    window = max(stop - start, 1e-9)
     sent = {p["conversation_id"]: p["t"] for p in posted if p["conversation_id"]}
-    offers = [e for e in events if e["kind"] == "offer"]
     first_offer: dict[str, float] = {}
-    for e in offers:
-        first_offer.setdefault(e["conversation_id"], e["t"])
-    to_offer = [(t - sent[c]) * 1000 for c, t in first_offer.items() if c in sent and sent[c] >= start]
-    to_assigned = [(e["t"] - e["accept_sent"]) * 1000 for e in events if e["kind"] == "assigned" and e["t"] >= start]
+    for e in events:
+        if e["kind"] == "offer":
+            first_offer.setdefault(e["conversation_id"], e["t"])
+    measured = {c for c, t in sent.items() if t >= start}
+    to_offer = [(first_offer[c] - sent[c]) * 1000 for c in measured if c in first_offer]
+    assigned = [e for e in events if e["kind"] == "assigned"]
+    to_assigned = [(e["t"] - e["accept_sent"]) * 1000 for e in assigned if e["t"] >= start]
     http = [(p["answered"] - p["t"]) * 1000 for p in posted if p["t"] >= start]
-    elapsed = posted[-1]["t"] - posted[0]["t"] if len(posted) > 1 else 1
+    lag = [(p["t"] - p["scheduled"]) * 1000 for p in posted if p["t"] >= start]
+    refused = [p["status"] for p in posted if p["status"] != 201]
+    offers_in_window = sum(1 for t in first_offer.values() if start <= t <= stop)
+    assigned_in_window = sum(1 for e in assigned if start <= e["t"] <= stop)
     floor_p50, floor_p99 = percentile(floor, 50), percentile(floor, 99)
+    errors = sum(1 for e in events if e["kind"] == "error")
     print()
     print(f"agents={args.agents} rate={args.rate}/s duration={args.duration}s (+{args.warmup}s warm-up not counted)")
     print(f"cpu cores={os.cpu_count()} dispatch workers={args.workers} (+1 for callbacks), daphne processes=2")
@@ -324,12 +401,35 @@ def report(args: argparse.Namespace, floor: list[float], posted: list[dict], eve
         f"ratio p99 offer/floor = {percentile(to_offer, 99) / floor_p99:.1f}x   "
         f"(p50 ratio {percentile(to_offer, 50) / floor_p50:.1f}x)"
     )
-    errors = sum(1 for e in events if e["kind"] == "error")
     print(
-        f"escalations={len(sent)} of {len(posted)} posted, offered={len(first_offer)}, "
-        f"assigned={sum(1 for e in events if e['kind'] == 'assigned')}, ws errors={errors}, "
-        f"achieved rate {len(posted) / elapsed:.1f}/s"
+        f"in the measured window: {len(measured) / window:.1f} escalations/s accepted by the API, "
+        f"{offers_in_window / window:.1f} offers/s, {assigned_in_window / window:.1f} assignments/s; "
+        f"bot send lag p99 {percentile(lag, 99):.0f} ms"
     )
+    never = len(set(sent) - set(first_offer))
+    print(
+        f"escalations={len(sent)} of {len(posted)} posted (non-201: {len(refused)}), offered={len(first_offer)}, "
+        f"never offered={never}, assigned={len(assigned)}, ws errors={errors}"
+    )
+    total = len(posted) or 1
+    print(f"CPU per escalation (all {len(posted)} posted, warm-up included), by part of the system:")
+    for role, seconds in sorted(cpu.items(), key=lambda item: -item[1]):
+        print(f"  {role:<36} {seconds * 1000 / total:6.1f} ms")
+    server = sum(v for k, v in cpu.items() if not k.startswith("load"))
+    print(f"  {'all servers (without the load)':<36} {server * 1000 / total:6.1f} ms")
+    if args.out:
+        row = {
+            "cpu_ms": {role: seconds * 1000 / total for role, seconds in cpu.items()},
+            "agents": args.agents, "rate": args.rate, "duration": args.duration, "workers": args.workers,
+            "offer": [percentile(to_offer, q) for q in (50, 99)], "offer_max": max(to_offer, default=None),
+            "assigned": [percentile(to_assigned, q) for q in (50, 99)],
+            "post": [percentile(http, q) for q in (50, 99)], "floor": [floor_p50, floor_p99],
+            "api_rate": len(measured) / window, "offer_rate": offers_in_window / window,
+            "assigned_rate": assigned_in_window / window, "non_201": len(refused), "never_offered": never,
+            "ws_errors": errors, "n": len(to_offer),
+        }  # fmt: skip
+        with open(args.out, "a") as out:
+            out.write(json.dumps(row) + "\n")
 
 
 def main() -> None:
@@ -338,7 +438,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20, help="escalations per second")
     parser.add_argument("--duration", type=float, default=30, help="seconds of load after warm-up")
     parser.add_argument("--warmup", type=float, default=5)
-    parser.add_argument("--handle", type=float, nargs=2, default=(0.5, 2.0), help="resolve after U(a, b) seconds")
+    parser.add_argument("--handle", type=float, nargs=2, default=(0.2, 0.8), help="resolve after U(a, b) seconds")
+    parser.add_argument("--out", help="append a JSON line with the figures to this file (bench/plot_dispatch.py)")
     parser.add_argument("--workers", type=int, default=1, help="Celery worker processes for the default queue")
     parser.add_argument("--floor-samples", type=int, default=300)
     parser.add_argument("--role", choices=["coordinator", "agents", "bot"], default="coordinator")
