@@ -6,7 +6,7 @@ A bot posts signed escalations as a Poisson process of rate lambda = rho * c * m
 each agent accepts every offer at once and resolves an exponential handle time
 (mean 1/mu) after the offer reached it, so its occupancy, offer to release, is
 the exponential service time of the model. Accelerated time: a mean handle time
-of 3 s stands for minutes of real work; waits scale with it.
+of 4 s stands for minutes of real work; waits scale with it.
 
 The queue starts in its stationary state: before the Poisson arrivals, the bot
 posts n0 escalations at once, n0 drawn from Erlang C's stationary distribution
@@ -30,7 +30,7 @@ excess wait from agents idle beside a waiting customer; FIFO: offers that
 overtook an older waiting conversation.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/7 \\
-        .venv/bin/python bench/queueing.py --rho 0.85 0.95 --duration 240 480
+        .venv/bin/python bench/queueing.py --rho 0.85 0.95 --duration 180 300 --handle 4
 
 It creates (and drops) its own database `bench_queueing` and flushes the Redis
 database it is given. Logs go to var/bench/queueing/, results (JSON) next to
@@ -292,7 +292,7 @@ def analyse(
     problems = {
         "not_posted": sum(1 for p in posted if not p["conversation_id"]),
         "incomplete": len(rows) - len(complete),
-        "offers_not_accepted": sum(r["offers"] - 1 for r in rows),
+        "offers_not_accepted": sum(r["offers"] - (1 if r["offered"] else 0) for r in rows),
         "agent_errors": sum(1 for e in agent_events if e["kind"] == "error"),
     }
     measured = [r for r in complete if r["id"] not in burst_ids]
@@ -496,9 +496,9 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rho", type=float, nargs="+", default=[0.85, 0.95], help="utilisations")
-    parser.add_argument("--duration", type=float, nargs="+", default=[240, 480], help="seconds of arrivals, per rho")
+    parser.add_argument("--duration", type=float, nargs="+", default=[180, 300], help="seconds of arrivals, per rho")
     parser.add_argument("--agents", type=int, default=20, help="c: agents with capacity 1")
-    parser.add_argument("--handle", type=float, default=3.0, help="mean handle time 1/mu (s)")
+    parser.add_argument("--handle", type=float, default=4.0, help="mean handle time 1/mu (s)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--plot-only", action="store_true", help="redraw the plot from the saved results")
     parser.add_argument("--role", choices=["coordinator", "agents", "bot"], default="coordinator")
