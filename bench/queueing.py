@@ -501,6 +501,7 @@ def main() -> None:
     parser.add_argument("--handle", type=float, default=4.0, help="mean handle time 1/mu (s)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--plot-only", action="store_true", help="redraw the plot from the saved results")
+    parser.add_argument("--no-plot", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--role", choices=["coordinator", "agents", "bot"], default="coordinator")
     parser.add_argument("--base")
     parser.add_argument("--bases")
@@ -531,7 +532,14 @@ def main() -> None:
         )
         return
     saved = [LOGS / f"rho-{rho}.json" for rho in args.rho]
-    if not args.plot_only:
+    if not args.plot_only and len(args.rho) > 1:
+        # One process per point: the database is dropped in between, and Django's connection
+        # pool would keep (killed) connections to the old one.
+        for n, (rho, duration) in enumerate(zip(args.rho, args.duration, strict=True)):
+            point = ["--rho", str(rho), "--duration", str(duration), "--seed", str(args.seed + 100 * n)]
+            common = ["--agents", str(args.agents), "--handle", str(args.handle), "--no-plot"]
+            subprocess.run([sys.executable, str(Path(__file__).resolve()), *point, *common], check=True)
+    elif not args.plot_only:
         os.environ["LOG_LEVEL"] = "WARNING"
         args.server = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
         parts = urlsplit(args.server)
@@ -540,10 +548,11 @@ def main() -> None:
         import django
 
         django.setup()
-        for n, (rho, duration) in enumerate(zip(args.rho, args.duration, strict=True)):
-            result = run_point(args, rho, duration, args.seed + 100 * n)
-            saved[n].write_text(json.dumps(result))
-            report(result)
+        result = run_point(args, args.rho[0], args.duration[0], args.seed)
+        saved[0].write_text(json.dumps(result))
+        report(result)
+        if args.no_plot:
+            return
     results = [json.loads(path.read_text()) for path in saved]
     if args.plot_only:
         for result in results:
