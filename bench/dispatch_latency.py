@@ -33,9 +33,13 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +65,12 @@ def summary(name: str, values_ms: list[float]) -> str:
 # --- role: agents (a process per Daphne) ---------------------------------------------
 
 
-async def agents_role(base: str, tokens: list[str], handle: tuple[float, float]) -> None:
+async def agents_role(
+    base: str, tokens: list[str], handle_time: Callable[[], float], *, from_offer: bool = False
+) -> None:
+    """Agents that accept every offer at once and resolve after `handle_time()` seconds,
+    counted from `conversation.assigned` (or, with `from_offer`, from the offer's arrival:
+    the agent's whole occupancy, as a workforce tool measures handle time)."""
     from websockets.asyncio.client import connect
 
     out = sys.stdout
@@ -77,6 +86,7 @@ async def agents_role(base: str, tokens: list[str], handle: tuple[float, float])
             await ws.recv()  # hello
             await ws.send(json.dumps({"type": "presence", "status": "online"}))
             accepted: dict[str, float] = {}
+            offered: dict[str, float] = {}
 
             async def keepalive() -> None:  # as the app does: the server closes silent sockets
                 while True:
@@ -95,18 +105,22 @@ async def agents_role(base: str, tokens: list[str], handle: tuple[float, float])
                         out.flush()
                 elif kind == "offer":
                     emit(kind="offer", t=now, conversation_id=message["conversation_id"])
+                    offered[message["conversation_id"]] = now
                     accepted[message["conversation_id"]] = time.monotonic()
                     await ws.send(json.dumps({"type": "offer.accept", "offer_id": message["offer_id"]}))
                 elif kind == "conversation.assigned":
                     conversation_id = message["conversation"]["id"]
                     started = accepted.pop(conversation_id, None)
                     if started is not None:
-                        emit(kind="assigned", t=now, accept_sent=started)
+                        emit(kind="assigned", t=now, accept_sent=started, conversation_id=conversation_id)
+                    handle = handle_time()
+                    due = (offered.pop(conversation_id, now) if from_offer else now) + handle
 
-                    async def resolve(cid: str = conversation_id) -> None:
-                        await asyncio.sleep(random.uniform(*handle))
+                    async def resolve(cid: str = conversation_id, due: float = due, handle: float = handle) -> None:
+                        await asyncio.sleep(max(0.0, due - time.monotonic()))
                         payload = {"type": "conversation.resolve", "conversation_id": cid, "outcome": "resolved"}
                         await ws.send(json.dumps(payload))
+                        emit(kind="resolve", t=time.monotonic(), conversation_id=cid, handle=handle)
 
                     asyncio.create_task(resolve())
                 elif kind == "error":
@@ -137,54 +151,77 @@ async def agents_role(base: str, tokens: list[str], handle: tuple[float, float])
 # --- role: bot -------------------------------------------------------------------------
 
 
-def bot_role(bases: list[str], integration_id: str, secret: str, rate: float, seconds: float) -> None:
-    """Open loop: a POST is sent every 1/rate seconds whether or not earlier ones were answered
-    (a thread pool sends them), so a slow server shows up as latency, not as a lower rate asked."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
+def bot_role(
+    bases: list[str],
+    integration_id: str,
+    secret: str,
+    rate: float,
+    seconds: float,
+    *,
+    poisson: bool = False,
+    burst: int = 0,
+    seed: int | None = None,
+) -> None:
+    """Escalations at `rate` a second for `seconds`: evenly spaced, or a Poisson process
+    (exponential gaps); `burst` escalations go first, all at once (a queue to start from).
 
+    Open loop: each POST is sent on time from a thread pool whether or not earlier ones were
+    answered, so a slow server shows up as latency, not as a lower rate asked for."""
     import requests
 
     from marketplace import signing
 
+    rng = random.Random(seed)
     local = threading.local()
-    lines: list[str] = []
 
-    def post(n: int, scheduled: float) -> None:
-        session = getattr(local, "session", None) or requests.Session()
-        local.session = session
-        body = json.dumps({"external_id": f"bench-{n}", "language": "en", "topic": "billing"}).encode()
-        headers = {
-            "Content-Type": "application/json",
-            "X-Bot-Id": integration_id,
-            "X-Bot-Signature": signing.header(secret, body),
-        }
-        sent = time.monotonic()
-        try:
-            response = session.post(
-                bases[n % len(bases)] + "/api/v1/escalations", data=body, headers=headers, timeout=30
-            )
-            status, conversation_id = response.status_code, response.json().get("id")
-        except requests.RequestException as exc:
-            status, conversation_id = repr(exc)[:80], None
-        answered = time.monotonic()
-        event = {"kind": "posted", "t": sent, "scheduled": scheduled, "answered": answered, "status": status}
-        lines.append(json.dumps({**event, "conversation_id": conversation_id if status == 201 else None}))
+    def post(n: int, scheduled: float, **extra: object) -> None:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        send_escalation(local.session, bases[n % len(bases)], integration_id, secret, n, signing, scheduled, **extra)
 
-    interval = 1 / rate
-    next_at = time.monotonic()
-    end = next_at + seconds
-    n = 0
-    with ThreadPoolExecutor(max_workers=max(8, int(rate))) as pool:
+    with ThreadPoolExecutor(max_workers=max(16, int(rate))) as pool:
+        for n in range(1, burst + 1):
+            pool.submit(post, n, time.monotonic(), burst=True)
+        n = burst
+        next_at = time.monotonic()
+        end = next_at + seconds
         while next_at < end:
             n += 1
             pool.submit(post, n, next_at)
-            next_at += interval
+            next_at += rng.expovariate(rate) if poisson else 1 / rate
             time.sleep(max(0.0, next_at - time.monotonic()))
-    print("\n".join(sorted(lines, key=lambda line: json.loads(line)["t"])))
     cpu = os.times()
-    print(json.dumps({"kind": "cpu", "cpu": cpu.user + cpu.system}))
-    sys.stdout.flush()
+    print(json.dumps({"kind": "cpu", "cpu": cpu.user + cpu.system}), flush=True)
+
+
+def send_escalation(
+    session: Any, base: str, integration_id: str, secret: str, n: int, signing: Any, scheduled: float, **extra: object
+) -> None:
+    """One signed escalation; prints when it was due, sent and answered (CLOCK_MONOTONIC), the status and its id."""
+    import requests
+
+    body = json.dumps({"external_id": f"bench-{n}", "language": "en", "topic": "billing"}).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "X-Bot-Id": integration_id,
+        "X-Bot-Signature": signing.header(secret, body),
+    }
+    sent = time.monotonic()
+    try:
+        response = session.post(base + "/api/v1/escalations", data=body, headers=headers, timeout=30)
+        status, conversation_id = response.status_code, response.json().get("id")
+    except (requests.RequestException, ValueError) as exc:
+        status, conversation_id = repr(exc)[:80], None
+    answered = time.monotonic()
+    event = {
+        "kind": "posted", "t": sent, "scheduled": scheduled, "answered": answered, "status": status,
+        "conversation_id": conversation_id if status == 201 else None, **extra,
+    }  # fmt: skip
+    with _print_lock:
+        print(json.dumps(event), flush=True)
+
+
+_print_lock = threading.Lock()
 
 
 # --- coordinator -------------------------------------------------------------------------
@@ -452,7 +489,8 @@ def main() -> None:
     if args.role == "agents":
         signal.signal(signal.SIGTERM, lambda *_: (sys.stdout.flush(), os._exit(0)))
         tokens = [line.strip() for line in sys.stdin if line.strip()]
-        asyncio.run(agents_role(args.base, tokens, tuple(args.handle)))
+        low, high = args.handle
+        asyncio.run(agents_role(args.base, tokens, lambda: random.uniform(low, high)))
     elif args.role == "bot":
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
         bot_role(args.bases.split(","), args.integration, args.secret, args.rate, args.seconds)

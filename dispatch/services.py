@@ -346,7 +346,17 @@ def conversation_dispatch(*, conversation_id: str) -> Offer | None:
     conversation = Conversation.objects.filter(pk=conversation_id, status=Conversation.Status.QUEUED).first()
     if conversation is None:
         return None
+    # First come, first served: while an older conversation waits, a free agent is handed the
+    # oldest one it may take (a newcomer's job can run before that of an agent just freed).
+    older_waiting = Conversation.objects.filter(
+        status=Conversation.Status.QUEUED, queue_key__lt=conversation.queue_key
+    ).exists()
     for agent_id in selectors.ranked_candidates(conversation):
+        if older_waiting:
+            offer = agent_dispatch(agent_id=agent_id)
+            if offer is not None and offer.conversation_id == conversation_id:
+                return offer
+            continue
         try:
             return offer_create(conversation_id=conversation_id, agent_id=agent_id)
         except AgentUnavailable:
