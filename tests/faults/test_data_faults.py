@@ -352,3 +352,72 @@ def test_dropped_database_connections_lose_nothing_and_fail_no_request_twice(
         f"dropped {chaos.killed} connections in {chaos.rounds} rounds; bot retried {len(bot.failures)}; "
         f"agents retried {errors.count('unavailable')}"
     )
+
+
+# --- 2. a worker killed (SIGKILL) with dispatch and callback jobs in flight -------------------
+
+
+def unacked_tasks() -> int:
+    """Tasks a worker took from the broker and never acknowledged (Kombu's Redis transport)."""
+    import redis
+    from django.conf import settings
+
+    return int(redis.Redis.from_url(settings.REDIS_URL).hlen("unacked"))
+
+
+def assert_one_open_offer_at_a_time(conversation_ids: list[str]) -> None:
+    for conversation_id in conversation_ids:
+        offers = list(Offer.objects.filter(conversation_id=conversation_id).order_by("created_at"))
+        for earlier, later in zip(offers, offers[1:], strict=False):
+            assert earlier.responded_at is not None and earlier.responded_at <= later.created_at, (
+                f"{conversation_id}: two offers open at once"
+            )
+
+
+def test_workers_killed_mid_dispatch_and_mid_callback_are_recovered_by_the_sweepers(
+    make_integration, callback_receiver, agents_factory, tmp_path
+):
+    env = service_env(OFFER_TIMEOUT_SECONDS="5", **FAST_SWEEPS)
+    integration = make_integration(callback_url=callback_receiver.url)
+    # The bot's endpoint hangs past our timeout at first: deliveries are in flight when the worker dies.
+    callback_receiver.script = [("sleep", 3)] * 6
+    queues = "celery,callbacks"  # dispatch jobs and callback deliveries, both in flight at the kill
+    unacked_before = unacked_tasks()  # left by earlier tests' workers, if any
+    with ExitStack() as stack:
+        stack.enter_context(celery_beat(env, tmp_path / "beat.log", tmp_path))
+        base = stack.enter_context(daphne(env, tmp_path / "daphne.log"))
+        worker = stack.enter_context(celery_worker(env, tmp_path / "worker-1.log", 4, queues=queues))
+        bot = RetryingBot(base, integration)
+        agents_factory(base, 3, capacity=4)
+
+        ids = [bot.escalate(f"kill-{n}")["id"] for n in range(12)]
+        # As soon as offers are going out and a delivery is under way: SIGKILL.
+        wait_for(lambda: Offer.objects.exists(), timeout=20, interval=0.01)
+        wait_for(lambda: CallbackEvent.objects.filter(lease_until__isnull=False).exists(), timeout=20, interval=0.01)
+        worker.kill()
+        worker.wait(timeout=10)
+        lost = unacked_tasks() - unacked_before
+        waiting = Conversation.objects.filter(pk__in=ids, status__in=Conversation.WAITING).count()
+        leased = CallbackEvent.objects.filter(state="pending", lease_until__isnull=False).count()
+        assert lost > 0, "no task was in flight when the worker died"
+
+        # A new worker; what the dead one held is never redelivered by the broker within the
+        # test (Redis' visibility timeout is an hour): only the sweepers (beat) can recover it.
+        stack.enter_context(celery_worker(env, tmp_path / "worker-2.log", 4, queues=queues))
+        wait_for(
+            lambda: Conversation.objects.filter(pk__in=ids, status="resolved").count() == len(ids),
+            timeout=45,
+            interval=0.2,
+        )
+        wait_for(
+            lambda: not CallbackEvent.objects.filter(conversation_id__in=ids).exclude(state="delivered").exists(),
+            timeout=30,
+            interval=0.2,
+        )
+
+    assert Conversation.objects.filter(integration=integration).count() == len(ids)
+    assert_assigned_once(ids)
+    assert_one_open_offer_at_a_time(ids)
+    assert_callbacks_delivered_in_order(callback_receiver, ids)
+    assert "sweep_" in (tmp_path / "worker-2.log").read_text()
+    print(f"at the kill: {lost} tasks unacknowledged, {waiting} conversations waiting, {leased} deliveries leased")
