@@ -26,10 +26,16 @@ from rest_framework.authtoken.models import Token
 
 from dispatch.models import AgentConnection, Assignment, Offer
 from marketplace import signing
-from marketplace.models import Agent, BotIntegration, CallbackEvent, Conversation, Message
+from marketplace.models import Agent, BotIntegration, CallbackAttempt, CallbackEvent, Conversation, Message
+from payouts.models import Earning, Transfer
 
 from ..conftest import CallbackReceiver, wait_for
+from ..payouts import conftest as payouts_fixtures
+from ..payouts.conftest import ledger_sums_to_zero, onboard
 from ..processes import celery_beat, celery_worker, daphne, service_env
+
+# The payouts tests' fixtures: the Stripe stand-in, the platform configured for it, `resolve`.
+standin, stripe_on, resolve = payouts_fixtures.standin, payouts_fixtures.stripe_on, payouts_fixtures.resolve
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
@@ -145,8 +151,8 @@ class RetryingBot:
 
 
 class AutoAgent(threading.Thread):
-    """An agent's app over a real WebSocket: goes online, accepts every offer, answers and
-    resolves each conversation it gets; reconnects (resuming from `hello`) whenever the
+    """An agent's app over a real WebSocket: goes online, accepts every offer, answers each
+    conversation it gets and resolves it once the answer is stored; reconnects (resuming from `hello`) whenever the
     socket closes, and tries again what the server answered `unavailable`, as a person would."""
 
     def __init__(self, base: str, token: str, name: str) -> None:
@@ -157,6 +163,7 @@ class AutoAgent(threading.Thread):
         self.errors: list[dict[str, Any]] = []
         self.offers: dict[str, str] = {}  # offer id -> conversation id, until answered
         self.working: set[str] = set()  # conversations assigned and not yet closed
+        self.said: set[str] = set()  # conversations whose answer the server has stored
 
     def run(self) -> None:
         from websockets.sync.client import connect
@@ -178,9 +185,10 @@ class AutoAgent(threading.Thread):
             for offer_id in list(self.offers):
                 send(type="offer.accept", offer_id=offer_id)
             for conversation_id in list(self.working):
-                # client_id makes the message idempotent when it is sent again
-                send(type="message.send", conversation_id=conversation_id, text="On it.", client_id=conversation_id)
-                send(type="conversation.resolve", conversation_id=conversation_id, outcome="resolved")
+                if conversation_id in self.said:  # the answer is stored: resolve
+                    send(type="conversation.resolve", conversation_id=conversation_id, outcome="resolved")
+                else:  # client_id makes the message idempotent when it is sent again
+                    send(type="message.send", conversation_id=conversation_id, text="On it.", client_id=conversation_id)
 
         while not self.stop.is_set():
             try:
@@ -194,6 +202,11 @@ class AutoAgent(threading.Thread):
                 offer = message["pending_offer"]
                 self.offers = {offer["offer_id"]: offer["conversation_id"]} if offer else {}
                 self.working = {c["id"] for c in message["active_conversations"]}
+                self.said |= {
+                    c["id"]
+                    for c in message["active_conversations"]
+                    if any(m["client_id"] == c["id"] for m in c["messages"])
+                }
                 catch_up()
             elif kind == "offer":
                 self.offers[message["offer_id"]] = message["conversation_id"]
@@ -204,6 +217,9 @@ class AutoAgent(threading.Thread):
                 conversation_id = message["conversation"]["id"]
                 self.offers = {o: c for o, c in self.offers.items() if c != conversation_id}
                 self.working.add(conversation_id)
+                catch_up()
+            elif kind == "message" and message["message"]["client_id"] in self.working:
+                self.said.add(message["message"]["client_id"])
                 catch_up()
             elif kind == "conversation.closed":
                 self.working.discard(message["conversation_id"])
@@ -421,3 +437,85 @@ def test_workers_killed_mid_dispatch_and_mid_callback_are_recovered_by_the_sweep
     assert_callbacks_delivered_in_order(callback_receiver, ids)
     assert "sweep_" in (tmp_path / "worker-2.log").read_text()
     print(f"at the kill: {lost} tasks unacknowledged, {waiting} conversations waiting, {leased} deliveries leased")
+
+
+# --- 3. Stripe and the bot's callback endpoint fail and hang --------------------------------
+
+
+def test_stripe_and_the_bots_endpoint_failing_and_hanging_pay_once_and_deliver_in_order(
+    stripe_on,
+    settings,
+    make_agent,
+    integration,
+    callback_receiver,
+    resolve,
+    tmp_path,
+):
+    env = service_env(
+        STRIPE_SECRET_KEY="sk_test_standin",
+        STRIPE_API_BASE=stripe_on.base,
+        STRIPE_WEBHOOK_SECRET=stripe_on.webhook_secret,
+        STRIPE_TIMEOUT_SECONDS="1",
+        STRIPE_MAX_NETWORK_RETRIES="1",
+        TRANSFER_RETRY_BASE_SECONDS="0.5",
+        TRANSFER_RETRY_MAX_SECONDS="2",
+        **FAST_SWEEPS,
+    )
+    agents = [make_agent(username=f"paid{n}") for n in range(2)]
+    for agent in agents:
+        onboard(agent, stripe_on)
+    integration.callback_url = callback_receiver.url  # the bot whose conversations `resolve` escalates
+    integration.save()
+    settings.TASK_RUNNER = "celery"  # from here on, jobs go to the real worker
+    # Stripe: errors, and answers that hang past our timeout after the transfer was made
+    # (the outcome is unknown to us); the lookups that settle those hang and fail too.
+    stripe_on.faults["POST /v1/transfers"] = [500, ("hang", 3), 503, 500, ("hang", 3), 502, 500, ("hang", 3)]
+    stripe_on.faults["GET /v1/transfers"] = [("hang", 3), 500]
+    # The bot's endpoint: errors and hangs past our timeout, then it recovers.
+    callback_receiver.script = [500, ("sleep", 3), 503, 500, ("sleep", 3), 502, 500, 500, ("sleep", 3), 503]
+
+    with ExitStack() as stack:
+        worker = stack.enter_context(celery_worker(env, tmp_path / "worker.log", 4, queues="celery,callbacks,payouts"))
+        stack.enter_context(celery_beat(env, tmp_path / "beat.log", tmp_path))
+        conversations = []
+        for n in range(8):
+            agent = agents[n % 2]  # the other one is offline, so the dispatcher offers it to this one
+            Agent.objects.exclude(pk=agent.pk).update(status=Agent.Status.OFFLINE)
+            conversations.append(resolve(agent).pk)
+        earnings = list(Earning.objects.filter(conversation_id__in=conversations).values_list("pk", flat=True))
+        assert len(earnings) == len(conversations)
+        wait_for(
+            lambda: Transfer.objects.filter(earning_id__in=earnings, state="paid").count() == len(earnings),
+            timeout=45,
+            interval=0.2,
+        )
+        wait_for(
+            lambda: (
+                not CallbackEvent.objects.filter(conversation_id__in=conversations).exclude(state="delivered").exists()
+            ),
+            timeout=30,
+            interval=0.2,
+        )
+        assert worker.poll() is None
+
+    # Every fault was met.
+    assert not stripe_on.faults["POST /v1/transfers"] and not stripe_on.faults["GET /v1/transfers"]
+    assert not callback_receiver.script
+    # Exactly one transfer at Stripe per earning, whatever was retried, for the amount earned.
+    at_stripe = Counter(t["metadata"]["earning_id"] for t in stripe_on.transfers.values())
+    assert at_stripe == dict.fromkeys(earnings, 1)
+    for transfer in Transfer.objects.filter(earning_id__in=earnings).select_related("earning"):
+        assert transfer.state == "paid" and transfer.amount == transfer.earning.amount
+        assert stripe_on.transfers[transfer.stripe_transfer_id]["amount"] == transfer.amount
+    posts = [h for m, p, _, h in stripe_on.requests_seen if (m, p) == ("POST", "/v1/transfers")]
+    assert len(posts) > len(earnings), "nothing was retried"
+    ledger_sums_to_zero()
+    # Every callback delivered, in order per conversation, after failed attempts.
+    assert_callbacks_delivered_in_order(callback_receiver, conversations)
+    failed_attempts = CallbackAttempt.objects.filter(ok=False).count()
+    assert failed_attempts >= 10
+    lookups = sum(1 for m, p, _, _ in stripe_on.requests_seen if (m, p) == ("GET", "/v1/transfers"))
+    print(
+        f"{len(earnings)} earnings: {len(posts)} transfer requests, {lookups} lookups, 1 transfer each; "
+        f"{failed_attempts} failed callback attempts"
+    )
