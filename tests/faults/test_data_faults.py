@@ -519,3 +519,20 @@ def test_stripe_and_the_bots_endpoint_failing_and_hanging_pay_once_and_deliver_i
         f"{len(earnings)} earnings: {len(posts)} transfer requests, {lookups} lookups, 1 transfer each; "
         f"{failed_attempts} failed callback attempts"
     )
+
+
+def test_a_request_that_loses_its_database_connection_is_a_503_to_retry(bot, monkeypatch):
+    from django.db import OperationalError
+
+    from marketplace import services
+
+    def lost(**kwargs: Any) -> None:
+        raise OperationalError("terminating connection due to administrator command")
+
+    monkeypatch.setattr(services, "conversation_escalate", lost)
+    response = bot.escalate("lost-1")
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert response.json()["error"]["code"] == "unavailable"
+    assert not Conversation.objects.exists()
