@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, cast
 
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.csrf import csrf_failure as default_csrf_failure
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
-from rest_framework.views import exception_handler
+from rest_framework.views import exception_handler, set_rollback
+
+logger = logging.getLogger(__name__)
 
 
 class ApiError(exceptions.APIException):
@@ -69,6 +73,14 @@ def _flatten(errors: Any, prefix: str = "") -> dict[str, str]:
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        # The database connection was lost under the request (a restart, a failover, a
+        # dropped connection): nothing was committed, and the same request may simply be
+        # sent again (escalations and messages are idempotent), so say so instead of a 500.
+        set_rollback()
+        logger.warning("database unavailable: %s", exc)
+        detail = "The service is briefly unavailable; nothing was done. Retry the request."
+        return Response({"error": {"code": "unavailable", "detail": detail}}, status=503, headers={"Retry-After": "1"})
     response = exception_handler(exc, context)
     if response is None:
         return None

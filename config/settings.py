@@ -138,6 +138,14 @@ if IS_POSTGRES and env_bool("DB_POOL", True):
     # Under ASGI every request runs in its own thread, so persistent connections
     # do not help; psycopg's pool does (a new connection costs ~10 ms).
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # With the pool, Django hands CONN_HEALTH_CHECKS to psycopg_pool as
+    # check=ConnectionPool.check_connection: a connection is tried (an empty query)
+    # before the pool hands it out, so one that died while idle (a database restart,
+    # pg_terminate_backend, a proxy's timeout) is replaced instead of failing a request.
+    # ("check" cannot go in OPTIONS["pool"]: Django 5.2 passes check= itself.) Our
+    # backend (config/postgresql) then replaces every dead idle connection at once.
+    DATABASES["default"]["ENGINE"] = "config.postgresql"
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = env_bool("DB_POOL_CHECK", True)
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env_int("DB_POOL_MIN_SIZE", 2),
         "max_size": env_int("DB_POOL_MAX_SIZE", 20),

@@ -1,7 +1,7 @@
 """The agents' WebSocket (../shared/API.md section 4). Thin: parse, call a service, forward.
 
 Close codes: 4401 not authenticated, 4403 not an agent or suspended,
-4408 idle too long (no `ping`), 4429 flooding.
+4408 idle too long (no `ping`), 4429 flooding, 1013 database unavailable while connecting (try again).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.db import DatabaseError
 from rest_framework.exceptions import APIException
 
 from marketplace.models import Agent, Conversation
@@ -92,20 +93,38 @@ class AgentConsumer(AsyncWebsocketConsumer):
         await self.accept()
         # Join before taking the snapshot: nothing that happens in between is missed.
         await self.channel_layer.group_add(events.agent_group(self.agent_id), self.channel_name)
-        await database_sync_to_async(services.connection_open)(
-            agent_id=self.agent_id, channel_name=self.channel_name, server_id=SERVER_ID
-        )
+        try:
+            await database_sync_to_async(services.connection_open)(
+                agent_id=self.agent_id, channel_name=self.channel_name, server_id=SERVER_ID
+            )
+            hello = await database_sync_to_async(services.hello_payload)(self.agent_id)
+        except DatabaseError:
+            # The database connection was lost: close (disconnect() cleans up) and let the app
+            # reconnect, rather than crash and leave the connection row behind.
+            logger.warning("database unavailable while agent %s connected", self.agent_id, exc_info=True)
+            await self.close(code=1013)  # try again later
+            return
         _open.add(self)
         events.bind_socket_loop(asyncio.get_running_loop())
         _ensure_heartbeat()
-        await self.send_json(await database_sync_to_async(services.hello_payload)(self.agent_id))
+        await self.send_json(hello)
 
     async def disconnect(self, code: int) -> None:
         if not hasattr(self, "agent_id"):
             return
         _open.discard(self)
         await self.channel_layer.group_discard(events.agent_group(self.agent_id), self.channel_name)
-        await database_sync_to_async(services.connection_close)(channel_name=self.channel_name)
+        # A connection row left behind would keep the agent "connected" forever (this
+        # process still beats): a lost database connection gets a few more tries.
+        for delay in (0.2, 0.5, 1, 2, 4, 0):
+            try:
+                await database_sync_to_async(services.connection_close)(channel_name=self.channel_name)
+                return
+            except DatabaseError:
+                if not delay:
+                    logger.exception("could not record that %s closed", self.channel_name)
+                    return
+                await asyncio.sleep(delay)
 
     async def send_json(self, content: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(content, separators=(",", ":")))
@@ -154,6 +173,12 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self.send_json({"type": "error", "code": code, "detail": str(exc.detail), "ref": kind})
         except (Conversation.DoesNotExist, Agent.DoesNotExist):
             await self.send_json({"type": "error", "code": "not_found", "detail": "No such conversation.", "ref": kind})
+        except DatabaseError:
+            # A lost database connection (a restart, a failover): nothing was done (the
+            # transaction rolled back); the socket stays open and the app may try again.
+            logger.warning("database unavailable for %s from agent %s", kind, self.agent_id, exc_info=True)
+            detail = "The service is briefly unavailable; nothing was done. Try again."
+            await self.send_json({"type": "error", "code": "unavailable", "detail": detail, "ref": kind})
 
     async def on_ping(self, content: dict[str, Any]) -> None:
         await self.send_json({"type": "pong"})
