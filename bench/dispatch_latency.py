@@ -72,6 +72,7 @@ async def agents_role(
     counted from `conversation.assigned` (or, with `from_offer`, from the offer's arrival:
     the agent's whole occupancy, as a workforce tool measures handle time)."""
     from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidHandshake, InvalidMessage
 
     out = sys.stdout
     online = 0
@@ -79,10 +80,20 @@ async def agents_role(
     def emit(**event: object) -> None:
         out.write(json.dumps(event) + "\n")
 
+    async def opened(url: str) -> Any:
+        """Connect as the app does: a refused or dropped handshake is tried again with backoff."""
+        for attempt in range(6):
+            try:
+                return await connect(url, open_timeout=120, max_queue=None, ping_interval=None)
+            except (OSError, InvalidHandshake, InvalidMessage):
+                if attempt == 5:
+                    raise
+                await asyncio.sleep(0.5 * 2**attempt + random.random())
+
     async def agent(token: str) -> None:
         nonlocal online
         url = base.replace("http", "ws", 1) + f"/ws/agent/?token={token}"
-        async with connect(url, open_timeout=120, max_queue=None, ping_interval=None) as ws:
+        async with await opened(url) as ws:
             await ws.recv()  # hello
             await ws.send(json.dumps({"type": "presence", "status": "online"}))
             accepted: dict[str, float] = {}
@@ -127,7 +138,7 @@ async def agents_role(
                     emit(kind="error", t=now, code=message.get("code"))
             pinger.cancel()
 
-    semaphore = asyncio.Semaphore(100)
+    semaphore = asyncio.Semaphore(25)  # handshakes in flight: Daphne rejects one not accepted within 5 s
 
     async def start(token: str) -> None:
         async with semaphore:
