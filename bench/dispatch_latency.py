@@ -90,11 +90,12 @@ async def agents_role(
                     raise
                 await asyncio.sleep(0.5 * 2**attempt + random.random())
 
-    async def agent(token: str) -> None:
+    async def agent(token: str, connected: asyncio.Event) -> None:
         nonlocal online
         url = base.replace("http", "ws", 1) + f"/ws/agent/?token={token}"
         async with await opened(url) as ws:
             await ws.recv()  # hello
+            connected.set()
             await ws.send(json.dumps({"type": "presence", "status": "online"}))
             accepted: dict[str, float] = {}
             offered: dict[str, float] = {}
@@ -141,9 +142,10 @@ async def agents_role(
     semaphore = asyncio.Semaphore(25)  # handshakes in flight: Daphne rejects one not accepted within 5 s
 
     async def start(token: str) -> None:
+        connected = asyncio.Event()
         async with semaphore:
-            task = asyncio.create_task(agent(token))
-            await asyncio.sleep(0.002)
+            task = asyncio.create_task(agent(token, connected))
+            await asyncio.wait([task, asyncio.create_task(connected.wait())], return_when=asyncio.FIRST_COMPLETED)
         try:
             await task
         except Exception as exc:  # say so at once: the coordinator is waiting for everyone to be online
