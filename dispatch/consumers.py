@@ -109,22 +109,39 @@ class AgentConsumer(AsyncWebsocketConsumer):
         _ensure_heartbeat()
         await self.send_json(hello)
 
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # However the socket ended. A channel layer failure (Redis restarted) kills the
+            # consumer without `disconnect`; its connection row would stay forever and the
+            # agent would never be released (no grace period, no work passed on).
+            await self._forget()
+
     async def disconnect(self, code: int) -> None:
-        if not hasattr(self, "agent_id"):
+        await self._forget()
+
+    async def _forget(self) -> None:
+        """Close the connection row first (the database is the truth), then leave the group."""
+        if not hasattr(self, "agent_id") or getattr(self, "forgotten", False):
             return
+        self.forgotten = True
         _open.discard(self)
-        await self.channel_layer.group_discard(events.agent_group(self.agent_id), self.channel_name)
         # A connection row left behind would keep the agent "connected" forever (this
         # process still beats): a lost database connection gets a few more tries.
         for delay in (0.2, 0.5, 1, 2, 4, 0):
             try:
                 await database_sync_to_async(services.connection_close)(channel_name=self.channel_name)
-                return
+                break
             except DatabaseError:
                 if not delay:
                     logger.exception("could not record that %s closed", self.channel_name)
-                    return
+                    break
                 await asyncio.sleep(delay)
+        try:
+            await self.channel_layer.group_discard(events.agent_group(self.agent_id), self.channel_name)
+        except Exception:  # the layer is down; its group entries expire with it
+            logger.warning("could not leave the group of agent %s", self.agent_id, exc_info=True)
 
     async def send_json(self, content: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(content, separators=(",", ":")))

@@ -13,6 +13,7 @@ from typing import Any
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import transaction
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from marketplace.models import Message
 
@@ -51,20 +52,32 @@ def _loop_for_sending() -> asyncio.AbstractEventLoop:
         return _sender_loop
 
 
+# A restarted Redis leaves dead connections in the layer's pool; a command on one fails
+# once and drops it, and the next try gets a fresh connection.
+SEND_ATTEMPTS = 3
+
+
 def send(agent_id: str, payload: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
     group, message = agent_group(agent_id), {"type": "agent.event", "payload": payload}
-    try:
-        if isinstance(layer, InMemoryChannelLayer):
-            if _socket_loop is None or _socket_loop.is_closed():
-                return  # no socket was ever opened in this process: nobody to tell
-            asyncio.run_coroutine_threadsafe(layer.group_send(group, message), _socket_loop).result(timeout=5)
-        else:
-            asyncio.run_coroutine_threadsafe(layer.group_send(group, message), _loop_for_sending()).result(timeout=5)
-    except Exception:  # the database is the truth; the app resyncs from `hello`
-        logger.exception("could not send %s to agent %s", payload.get("type"), agent_id)
+    for attempt in range(1, SEND_ATTEMPTS + 1):
+        try:
+            if isinstance(layer, InMemoryChannelLayer):
+                if _socket_loop is None or _socket_loop.is_closed():
+                    return  # no socket was ever opened in this process: nobody to tell
+                loop = _socket_loop
+            else:
+                loop = _loop_for_sending()
+            asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop).result(timeout=5)
+            return
+        except RedisConnectionError:
+            if attempt == SEND_ATTEMPTS:
+                logger.exception("could not send %s to agent %s", payload.get("type"), agent_id)
+        except Exception:  # the database is the truth; the app resyncs from `hello`
+            logger.exception("could not send %s to agent %s", payload.get("type"), agent_id)
+            return
 
 
 def send_on_commit(agent_id: str, payload: dict[str, Any]) -> None:

@@ -75,14 +75,47 @@ def running(args: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
 
 
 @contextmanager
-def daphne(env: dict[str, str], log: Path) -> Iterator[str]:
-    port = free_port()
+def daphne_process(
+    env: dict[str, str], log: Path, port: int | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A Daphne process (on `port`, or a free one); yields its base URL and the process, to kill it."""
+    port = port or free_port()
     with running(
         [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"], env, log
     ) as proc:
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/healthz", proc, log)
+        yield base, proc
+
+
+@contextmanager
+def daphne(env: dict[str, str], log: Path, port: int | None = None) -> Iterator[str]:
+    with daphne_process(env, log, port) as (base, _):
         yield base
+
+
+@contextmanager
+def redis_server(workdir: Path, port: int | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A private Redis (no persistence, like a cache-only production Redis), to kill and restart at will."""
+    import redis
+
+    port = port or free_port()
+    args = [
+        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--dir", str(workdir),
+    ]  # fmt: skip
+    with running(args, os.environ.copy(), workdir / f"redis-{port}-{time.time_ns()}.log") as proc:
+        url = f"redis://127.0.0.1:{port}/0"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+                break
+            except redis.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+        yield url, proc
 
 
 @contextmanager
