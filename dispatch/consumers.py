@@ -198,6 +198,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self.send_json({"type": "error", "code": "unavailable", "detail": detail, "ref": kind})
 
     async def on_ping(self, content: dict[str, Any]) -> None:
+        # Renew the group membership: channels_redis forgets it after `group_expiry` (a day),
+        # and a socket open that long would then hear nothing.
+        await self.channel_layer.group_add(events.agent_group(self.agent_id), self.channel_name)
         await self.send_json({"type": "pong"})
 
     async def on_presence(self, content: dict[str, Any]) -> None:

@@ -37,10 +37,6 @@ def skills_widened(conversation: Conversation, now: datetime) -> bool:
     return now - conversation.created_at >= timedelta(seconds=settings.SKILL_WIDEN_AFTER_SECONDS)
 
 
-def has_skill(agent: Agent, conversation: Conversation) -> bool:
-    return not conversation.topic or conversation.topic in (agent.skills or [])
-
-
 def available_agents() -> QuerySet[Agent]:
     """Online, approved, with a free slot and no open offer."""
     return Agent.objects.filter(
@@ -133,17 +129,18 @@ def ranked_candidates(conversation: Conversation, now: datetime | None = None, l
     return list(ranked.order_by("-score", "pk").values_list("pk", flat=True)[:limit])
 
 
-def conversations_for(agent: Agent, now: datetime | None = None, scan: int = 200) -> list[str]:
-    """Ids of the queued conversations this agent may take, in queue order."""
+def conversations_for(agent: Agent, now: datetime | None = None, limit: int = 10) -> list[str]:
+    """Ids of the first queued conversations this agent may take, in queue order (filtered in SQL)."""
     now = now or timezone.now()
     refused = Offer.objects.filter(agent=agent, state__in=_REFUSED).values("conversation_id")
+    widened = now - timedelta(seconds=settings.SKILL_WIDEN_AFTER_SECONDS)
     queued = (
         Conversation.objects.filter(status=Conversation.Status.QUEUED, language__in=[*(agent.languages or []), ""])
+        .filter(Q(topic__in=[*(agent.skills or []), ""]) | Q(created_at__lte=widened))
         .exclude(pk__in=refused)
-        .only("id", "topic", "created_at")
         .order_by("queue_key", "id")
     )
-    return [c.pk for c in queued[:scan] if has_skill(agent, c) or skills_widened(c, now)]
+    return list(queued.values_list("pk", flat=True)[:limit])
 
 
 def pending_offer(agent_id: str) -> Offer | None:

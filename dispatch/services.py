@@ -142,9 +142,12 @@ def offer_create(*, conversation_id: str, agent_id: str) -> Offer:
     conversation = Conversation.objects.select_for_update().get(pk=conversation_id)
     if conversation.status != Conversation.Status.QUEUED:
         raise OfferNotOpen("The conversation is not waiting for an offer.")
-    agent = Agent.objects.select_for_update().get(pk=agent_id)
+    # Another dispatcher holding this agent's row is about to offer it something: move on
+    # rather than queue behind it (dispatch jobs in parallel rank the same agents first).
+    agent = Agent.objects.select_for_update(skip_locked=True).filter(pk=agent_id).first()
     if (
-        agent.approval != Agent.Approval.APPROVED
+        agent is None
+        or agent.approval != Agent.Approval.APPROVED
         or agent.status != Agent.Status.ONLINE
         or agent.active_count >= agent.capacity
         or Offer.objects.filter(agent=agent, state=Offer.State.PENDING).exists()
