@@ -15,6 +15,7 @@ from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 
 from config.routing import websocket_urlpatterns
+from dispatch import events
 from dispatch.auth import AgentAuthMiddleware
 from dispatch.models import AgentConnection, Offer
 from marketplace.models import Agent, CallbackEvent, Conversation, Message
@@ -374,3 +375,25 @@ async def test_an_idle_socket_on_the_redis_layer_outlives_the_redis_client_read_
     await async_bot.escalate("after-idle")
     await socket.expect("offer")
     await socket.close()
+
+
+async def test_a_ping_renews_the_sockets_group_membership(make_agent, online_socket, settings):
+    """The channel layer forgets a group membership after `group_expiry` (channels_redis: a day);
+    a socket that pings (the app does, every 20 s) stays in its group, a silent one drops out."""
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"group_expiry": 2}}
+    }
+    agent = await sync_to_async(make_agent)()
+    pinging = await online_socket(agent)
+    silent = await online_socket(agent, go_online=False)
+    await asyncio.sleep(2.5)
+    await pinging.send(type="ping")
+    await pinging.expect("pong")
+    await asyncio.sleep(1.1)  # past the joins' expiry (the layer counts whole seconds), within the renewal's
+
+    await sync_to_async(events.send)(agent.pk, {"type": "probe"})
+
+    await pinging.expect("probe")
+    assert await silent.communicator.receive_nothing(timeout=1), "the silent socket should have dropped out"
+    await pinging.close()
+    await silent.close()
