@@ -10,24 +10,25 @@ with the `websockets` client (tests/processes.py).
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rest_framework.authtoken.models import Token
 
 from dispatch import services as dispatch
 from dispatch.models import Offer
 from marketplace import services
 from marketplace.models import Agent, Conversation, Message
 
+from ..processes import AgentClient, daphne, service_env
 from .conftest import Socket, connect
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-# Close codes the consumer and the WebSocket layer may use (docs/DISPATCH.md): anything else is a crash.
-DOCUMENTED_CLOSE_CODES = {4401, 4403, 4408, 4429, 1009}
 ERROR_CODES = {
     "invalid_json", "unknown_type", "invalid_request", "too_large", "rate_limited", "not_found",
     "offer_not_open", "agent_unavailable", "not_assigned", "not_approved", "conflict",
@@ -221,3 +222,73 @@ def test_arbitrary_frames_never_crash_the_consumer(data, two_agents, token_for, 
     assert (conversation.status, conversation.assigned_agent_id) == ("assigned", bert.pk)
     assert not Message.objects.filter(conversation=theirs, role="agent").exclude(agent_id=bert.pk).exists()
     assert Offer.objects.get(pk=offer.pk).state == Offer.State.PENDING
+
+
+# --- over a real Daphne process: frame sizes and floods ------------------------------------------
+
+DAPHNE_MAX_MESSAGE_BYTES = 1024 * 1024  # Daphne's default --websocket-max-message-size (and frame size)
+
+
+def close_code(client: AgentClient, within: float = 10) -> int | None:
+    """Read until the server closes the socket; its close code (1006 when it drops the connection)."""
+    from websockets.exceptions import ConnectionClosed
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            client.seen.append(json.loads(client.ws.recv(timeout=deadline - time.monotonic())))
+        except ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd else 1006  # dropped without a close frame, as browsers say
+        except TimeoutError:
+            break
+    raise AssertionError(f"still open after {within}s; saw {[m['type'] for m in client.seen][-5:]}")
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_daphne_refuses_huge_frames_and_floods_and_keeps_serving_everyone_else(make_agent, tmp_path):
+    tokens = {
+        name: Token.objects.create(user=make_agent(username=name, online=False).user).key
+        for name in ("anna", "bert", "cleo", "dora")
+    }
+    log = tmp_path / "daphne.log"
+    with daphne(service_env(WS_RATE_PER_SECOND="20", WS_RATE_BURST="60"), log) as base:
+        anna, bert = AgentClient(base, tokens["anna"]), AgentClient(base, tokens["bert"])
+
+        # Between the consumer's 64 KiB and Daphne's 1 MiB: read, refused with an error, socket up.
+        anna.ws.send(json.dumps({"type": "ping", "pad": "x" * 100_000}))
+        assert anna.expect("error")["code"] == "too_large"
+        anna.ws.send("")  # an empty text frame (the in-process communicator cannot send one)
+        assert anna.expect("error")["code"] == "invalid_json"
+        anna.ws.send(b"\xff" * 10)  # a binary frame, not UTF-8
+        assert anna.expect("error")["code"] == "invalid_json"
+        anna.ws.send(nested(30_000))  # it was a RecursionError that killed the consumer
+        assert anna.expect("error")["code"] == "invalid_json"
+        anna.send(type="ping")
+        anna.expect("pong")
+
+        # Over 1 MiB, in one frame or in many small fragments: Daphne (autobahn) stops reading at the limit
+        # and drops the connection (autobahn fails connections by dropping them: the client sees 1006); the
+        # consumer never sees the message, and nothing is buffered past the limit.
+        cleo = AgentClient(base, tokens["cleo"])
+        cleo.ws.send("x" * (DAPHNE_MAX_MESSAGE_BYTES + 1))
+        assert close_code(cleo) == 1006
+        dora = AgentClient(base, tokens["dora"])
+        dora.ws.send("x" * 64_000 for _ in range(20))  # one message of 1.28 MB in 20 fragments
+        assert close_code(dora) == 1006
+
+        # A flood: the first WS_RATE_BURST messages are served, then `rate_limited`, then close 4429 ...
+        for _ in range(400):
+            anna.send(type="ping")
+        bert.send(type="ping")  # ... while the server answers everyone else all along,
+        bert.expect("pong")
+        assert close_code(anna) == 4429
+        answers = [m.get("code", m["type"]) for m in anna.seen]
+        assert answers.count("pong") >= 60 - 5  # the burst, less the five messages sent before
+        assert 1 <= answers.count("rate_limited") <= 60 + 1  # then closed: a flood is not read on and on
+        bert.send(type="ping")  # ... and after.
+        bert.expect("pong")
+        bert.close()
+
+    output = log.read_text()
+    assert "Traceback" not in output and "ERROR" not in output, output[-3000:]
