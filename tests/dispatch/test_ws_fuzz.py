@@ -167,6 +167,19 @@ async def test_another_agents_ids_change_nothing(two_agents, online_socket):
         answer = await answer_to(socket, json.dumps(frame))
         assert answer.get("code") == code, (frame, answer)
     assert await sync_to_async(snapshot)(bert, theirs, offer) == before
+
+    # Nor does Anna see any of it: not in her snapshot, not when Bert's customer writes to him.
+    hello = json.dumps(next(m for m in socket.seen if m["type"] == "hello"))
+    assert theirs.pk not in hello and offer.pk not in hello and offer.conversation_id not in hello
+    bert_socket = await online_socket(bert, go_online=False)
+    await sync_to_async(services.conversation_add_customer_message)(
+        conversation=theirs, text="for Bert only", external_message_id=None
+    )
+    await bert_socket.expect("message")  # delivered to Bert: it would have reached Anna by now too
+    await socket.send(type="ping")
+    await socket.expect("pong")
+    assert not [m for m in socket.seen if theirs.pk in json.dumps(m) or "for Bert only" in json.dumps(m)]
+    await bert_socket.close()
     await socket.close()
 
 
