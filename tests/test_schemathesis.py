@@ -12,6 +12,7 @@ stand-in over real HTTP.
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from django.core.handlers.wsgi import WSGIHandler
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
 from django.test import Client
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
 from schemathesis.config import SchemathesisConfig
@@ -197,3 +198,50 @@ def test_the_schema_states_the_limits_the_api_enforces() -> None:
         for method, operation in operations.items():
             if "requestBody" in operation and path.startswith("/api/v1/escalations"):
                 assert list(operation["requestBody"]["content"]) == ["application/json"], (method, path)
+
+
+# The Stripe webhook is Stripe's contract, not ours, so it is not in the schema: fuzzed here with valid
+# signatures (the stand-in's secret) over event-shaped bodies whose fields may be anything.
+
+EVENT_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3),
+    max_leaves=8,
+)
+WELL_FORMED = {"id": "evt_fuzz", "object": "event", "type": "payout.paid", "created": 1_700_000_000, "data": {}}
+EVENTS = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.one_of(
+            st.just("evt_1"),
+            st.text(max_size=10).map("evt_".__add__),
+            st.text(min_size=300).map("evt_".__add__),
+            EVENT_VALUES,
+        ),
+        "type": st.one_of(st.sampled_from(["account.updated", "transfer.reversed", "payout.paid"]), EVENT_VALUES),
+        "created": st.one_of(st.integers(), EVENT_VALUES),
+        "account": st.one_of(st.just("acct_1"), EVENT_VALUES),
+        "data": st.one_of(st.fixed_dictionaries({"object": EVENT_VALUES}), EVENT_VALUES),
+        "object": st.just("event"),
+    },
+)
+
+
+@settings(
+    max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(event=st.one_of(EVENTS, EVENT_VALUES))
+@example(event=WELL_FORMED)
+@example(event={**WELL_FORMED, "id": "evt_" + "x" * 61})  # each of these was a 500:
+@example(event={**WELL_FORMED, "created": -(10**12)})
+@example(event={**WELL_FORMED, "type": "\x00"})
+def test_signed_stripe_webhooks_of_any_shape_are_never_a_500(event, stripe_on, recorded_jobs, client) -> None:  # noqa: F811
+    payload = json.dumps(event).encode()
+    response = client.generic(
+        "POST", "/webhooks/stripe/", payload, content_type="application/json",
+        headers={"Stripe-Signature": stripe_on.sign(payload)},
+    )  # fmt: skip
+    assert response.status_code in (200, 400), response.content
+    assert ("error" in response.json()) == (response.status_code == 400)
+    if event == WELL_FORMED:
+        assert response.status_code == 200
