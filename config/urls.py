@@ -1,7 +1,6 @@
 from django.contrib import admin
 from django.urls import path, re_path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework.authtoken.views import obtain_auth_token
 
 from marketplace import agent_api, demo, webapp
 from marketplace import api as bot_api
@@ -33,7 +32,7 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
-    path("api/v1/auth/token", obtain_auth_token, name="auth-token"),
+    path("api/v1/auth/token", agent_api.AuthTokenApi.as_view(), name="auth-token"),
     path("api/v1/escalations", bot_api.EscalationCreateApi.as_view(), name="escalation-create"),
     path("api/v1/escalations/<id:conversation_id>", bot_api.EscalationDetailApi.as_view(), name="escalation-detail"),
     path(

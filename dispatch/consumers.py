@@ -69,7 +69,18 @@ def _field(content: dict[str, Any], name: str, *, max_length: int = 200, require
         raise BadMessage("invalid_request", f"{name}: a non-empty string is required.")
     if len(value) > max_length:
         raise BadMessage("invalid_request", f"{name}: at most {max_length} characters.")
+    if "\x00" in value or (not value.isascii() and not _is_utf8(value)):
+        # Valid in JSON, but not text PostgreSQL can store or compare: refused here, not a DataError later.
+        raise BadMessage("invalid_request", f"{name}: NUL characters and unpaired surrogates are not allowed.")
     return value
+
+
+def _is_utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class AgentConsumer(AsyncWebsocketConsumer):
@@ -169,12 +180,14 @@ class AgentConsumer(AsyncWebsocketConsumer):
                     await self.close(code=4429)
                     return
                 raise BadMessage("rate_limited", f"At most {settings.WS_RATE_PER_SECOND:g} messages a second.")
-            raw = text_data if text_data is not None else (bytes_data or b"").decode("utf-8", "replace")
-            if len(raw) > settings.WS_MAX_MESSAGE_BYTES:
+            # Bytes, not characters: 64 Ki characters of emoji would be 256 KiB.
+            size = len(text_data.encode("utf-8", "surrogatepass")) if text_data is not None else len(bytes_data or b"")
+            if size > settings.WS_MAX_MESSAGE_BYTES:
                 raise BadMessage("too_large", f"Messages are limited to {settings.WS_MAX_MESSAGE_BYTES} bytes.")
+            raw = text_data if text_data is not None else (bytes_data or b"").decode("utf-8", "replace")
             try:
                 content = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
                 raise BadMessage("invalid_json", "The message is not valid JSON.") from None
             if not isinstance(content, dict):
                 raise BadMessage("invalid_json", "A message is a JSON object with a `type`.")
@@ -196,6 +209,10 @@ class AgentConsumer(AsyncWebsocketConsumer):
             logger.warning("database unavailable for %s from agent %s", kind, self.agent_id, exc_info=True)
             detail = "The service is briefly unavailable; nothing was done. Try again."
             await self.send_json({"type": "error", "code": "unavailable", "detail": detail, "ref": kind})
+        except Exception:
+            # A bug must not take the agent's socket (and its offers) down with it: logged, answered, still open.
+            logger.exception("agent socket: a %r message failed", kind)
+            await self.send_json({"type": "error", "code": "server_error", "detail": "Internal error.", "ref": kind})
 
     async def on_ping(self, content: dict[str, Any]) -> None:
         # Renew the group membership: channels_redis forgets it after `group_expiry` (a day),

@@ -7,13 +7,19 @@ from typing import Any
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
+from rest_framework.authtoken.serializers import AuthTokenSerializer
+from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.parsers import SafeJSONParser
+
 from . import services
 from .models import Agent
+from .serializers import StrictCharField, StrictRegexField
 
 
 def agent_for(request: Request) -> Agent:
@@ -48,8 +54,18 @@ def me_payload(agent: Agent) -> dict[str, Any]:
 
 
 class _ProfileSerializer(serializers.Serializer):
-    languages = serializers.ListField(child=serializers.CharField(max_length=16), max_length=20, required=False)
-    skills = serializers.ListField(child=serializers.CharField(max_length=64), max_length=50, required=False)
+    # The schema says what the service accepts (ISO 639 codes, at least one), so a client can know it beforehand.
+    languages = serializers.ListField(
+        child=StrictRegexField(
+            r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$",
+            max_length=16,
+            error_messages={"invalid": "ISO 639 codes such as en, sv, pt-BR."},
+        ),
+        min_length=1,
+        max_length=20,
+        required=False,
+    )
+    skills = serializers.ListField(child=StrictCharField(max_length=64), max_length=50, required=False)
 
 
 _ME = inline_serializer(
@@ -107,3 +123,22 @@ class AgentMeApi(APIView):
         except DjangoValidationError as exc:
             raise ValidationError(exc.message_dict) from exc
         return Response(me_payload(agent))
+
+
+class AuthTokenApi(ObtainAuthToken):
+    """DRF's token login, with the API's JSON parser (too deep a body is a 400, not a 500) and its real schema."""
+
+    parser_classes = [FormParser, MultiPartParser, SafeJSONParser]
+
+    @extend_schema(
+        operation_id="auth_token",
+        auth=[],
+        request=AuthTokenSerializer,
+        responses={
+            200: inline_serializer("AuthToken", {"token": serializers.CharField()}),
+            400: OpenApiResponse(description="Missing fields, malformed body, or wrong username or password"),
+        },
+        description="Exchange an agent's username and password for its API and WebSocket token.",
+    )
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().post(request, *args, **kwargs)

@@ -25,6 +25,10 @@ from .serializers import (
     ReopenInputSerializer,
 )
 
+# Bodies are JSON. The parser also takes JSON sent with another Content-Type (a bot's HTTP library may
+# not set it), which is leniency, not a promise: the schema must not offer `*/*` (XML, YAML...) to clients.
+JSON = "application/json"
+
 _ERRORS = {
     400: OpenApiResponse(description="Malformed JSON or an invalid field (named in `error.field`)"),
     401: OpenApiResponse(description="Missing or wrong signature, unknown integration, or a timestamp outside 300 s"),
@@ -62,7 +66,7 @@ class BotApi(APIView):
 class EscalationCreateApi(BotApi):
     @extend_schema(
         operation_id="escalation_create",
-        request=EscalationInputSerializer,
+        request={JSON: EscalationInputSerializer},
         responses={201: ConversationOutputSerializer, 200: ConversationOutputSerializer, **_ERRORS},
         description="Hand a conversation to a human. The same external_id again answers 200 with that conversation.",
     )
@@ -84,7 +88,7 @@ class EscalationDetailApi(BotApi):
 class EscalationMessageApi(BotApi):
     @extend_schema(
         operation_id="escalation_message_create",
-        request=MessageInputSerializer,
+        request={JSON: MessageInputSerializer},
         responses={
             201: MessageOutputSerializer,
             200: MessageOutputSerializer,
@@ -125,7 +129,7 @@ class EscalationCancelApi(BotApi):
 class EscalationReopenApi(BotApi):
     @extend_schema(
         operation_id="escalation_reopen",
-        request=ReopenInputSerializer,
+        request={JSON: ReopenInputSerializer},
         responses={
             200: ConversationOutputSerializer,
             409: OpenApiResponse(description="Not resolved, or past the reopen window"),
@@ -152,7 +156,7 @@ class EscalationReopenApi(BotApi):
 class EscalationRatingApi(BotApi):
     @extend_schema(
         operation_id="escalation_rating_create",
-        request=RatingInputSerializer,
+        request={JSON: RatingInputSerializer},
         responses={
             201: ConversationOutputSerializer,
             409: OpenApiResponse(description="Not resolved yet, or already rated"),

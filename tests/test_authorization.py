@@ -130,3 +130,22 @@ def test_a_logged_in_browser_gets_json_errors_from_the_api_never_a_csrf_page(two
 
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
     assert no_token.status_code == 403 and "CSRF" in no_token.json()["error"]["detail"]
+
+
+def test_anonymous_gets_401_from_every_operation_in_the_schema(two_agents):
+    """Straight from the OpenAPI schema, so an endpoint added later is covered without touching this test."""
+    from drf_spectacular.generators import SchemaGenerator
+
+    _, _, conversation = two_agents
+    paths = SchemaGenerator().get_schema(request=None, public=True)["paths"]
+    checked = []
+    for path, operations in paths.items():
+        for method in operations:
+            if path == "/api/v1/auth/token":  # the login itself needs no credentials
+                continue
+            url = path.replace("{conversation_id}", conversation.pk)
+            response = Client().generic(method.upper(), url, b"{}", content_type="application/json")
+            assert response.status_code == 401, (method, path, response.status_code)
+            assert conversation.pk not in response.content.decode()
+            checked.append(f"{method.upper()} {path}")
+    assert len(checked) >= 11, checked

@@ -64,7 +64,8 @@ def test_an_agent_edits_its_languages_and_skills(agent_client):
     agent.refresh_from_db()
     assert (agent.languages, agent.skills) == (["en", "sv"], ["refunds"])
     bad = client.patch("/api/v1/agent/me", {"languages": ["english!"]}, content_type="application/json")
-    assert bad.status_code == 400 and bad.json()["error"]["field"] == "languages"
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "languages[0]"  # the one that is wrong
+    assert "ISO 639" in bad.json()["error"]["detail"]
     empty = client.patch("/api/v1/agent/me", {"languages": []}, content_type="application/json")
     assert empty.status_code == 400
 
