@@ -111,21 +111,32 @@ async def clients_role(base: str, ping_every: float, in_flight: int) -> None:
         asyncio.create_task(live(agent))
         return elapsed
 
-    async def connect_batch(tokens: list[str]) -> None:
+    async def connect_batch(tokens: list[str], retries: int) -> None:
+        """Connect every token; a failed one is retried (as the app does, after a jittered pause)."""
         started = time.perf_counter()
-        results = await asyncio.gather(*(open_one(t) for t in tokens), return_exceptions=True)
         errors: dict[str, int] = {}
-        times = []
-        for result in results:
-            if isinstance(result, BaseException):
-                key = f"{type(result).__name__}: {str(result)[:80]}"
-                errors[key] = errors.get(key, 0) + 1
-            else:
-                times.append(result)
+        times: list[float] = []
+        first_failed = 0
+
+        async def with_retries(token: str) -> None:
+            nonlocal first_failed
+            for attempt in range(retries + 1):
+                try:
+                    times.append(await open_one(token))
+                    return
+                except Exception as exc:  # noqa: BLE001 - counted and retried
+                    key = f"{type(exc).__name__}: {str(exc)[:80]}"
+                    errors[key] = errors.get(key, 0) + 1
+                    first_failed += attempt == 0
+                    if attempt < retries:
+                        await asyncio.sleep(random.uniform(0.5, 2.0) * 2**attempt)
+
+        await asyncio.gather(*(with_retries(t) for t in tokens))
         answer(
             kind="connected",
             ok=len(times),
             failed=len(tokens) - len(times),
+            first_failed=first_failed,
             errors=errors,
             seconds=time.perf_counter() - started,
             handshake_p50=percentile(times, 50),
@@ -158,7 +169,7 @@ async def clients_role(base: str, ping_every: float, in_flight: int) -> None:
     while line := await reader.readline():
         command = json.loads(line)
         if command["cmd"] == "connect":
-            await connect_batch(command["tokens"])
+            await connect_batch(command["tokens"], command["retries"])
         elif command["cmd"] == "pings":
             await pings(command["n"], command["over"])
         elif command["cmd"] == "status":
@@ -262,10 +273,11 @@ def coordinator(args: argparse.Namespace) -> None:
             batch = tokens[connected : connected + args.step]
             shares = [batch[n :: len(clients)] for n in range(len(clients))]
             t0 = time.monotonic()
-            answers = each(clients, [{"cmd": "connect", "tokens": share} for share in shares])
+            answers = each(clients, [{"cmd": "connect", "tokens": share, "retries": args.retries} for share in shares])
             connect_seconds = time.monotonic() - t0
             connected += len(batch)
             failed = sum(a["failed"] for a in answers)
+            first_failed = sum(a["first_failed"] for a in answers)
             errors: dict[str, int] = {}
             for a in answers:
                 for k, v in a["errors"].items():
@@ -274,6 +286,7 @@ def coordinator(args: argparse.Namespace) -> None:
                 "batch": len(batch),
                 "seconds": connect_seconds,
                 "failed": failed,
+                "first_failed": first_failed,
                 "errors": errors,
                 "handshake_p99": max(a["handshake_p99"] for a in answers),
             }
@@ -281,7 +294,7 @@ def coordinator(args: argparse.Namespace) -> None:
             rows.append(measure(args, daphne_proc, clients, redis_url, server, connected, connect))
             print_row(rows[-1], rows[0])
             if failed > 0.02 * len(batch) or not daphne_proc.is_running():
-                print(f"stopping: {failed} of {len(batch)} failed to connect ({errors})", flush=True)
+                print(f"stopping: {failed} of {len(batch)} failed to connect, retries included ({errors})", flush=True)
                 break
         status = each(clients, [{"cmd": "status"}] * len(clients))
         closed: dict[str, int] = {}
@@ -350,7 +363,8 @@ def print_row(row: dict[str, Any], base: dict[str, Any]) -> None:
         f"conns={row['connections']:>6} open={row['open']:>6} rss={row['rss'] / MIB:7.1f} MiB "
         f"uss={row['uss'] / MIB:7.1f} MiB per-conn={per:5.1f} KiB fds={row['fds']:>6} cpu={row['cpu_percent']:5.1f}% "
         f"ping p50/p99={row['ping_p50']:.1f}/{row['ping_p99']:.1f} ms "
-        f"connect {c.get('batch', 0)} in {c.get('seconds', 0):.1f} s failed={c.get('failed', 0)} "
+        f"connect {c.get('batch', 0)} in {c.get('seconds', 0):.1f} s "
+        f"failed first/after retries={c.get('first_failed', 0)}/{c.get('failed', 0)} "
         f"redis clients={row['redis']['clients']} mem={row['redis']['used_memory'] / MIB:.1f} MiB pg={row['pg']}",
         flush=True,
     )
@@ -361,7 +375,8 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     print()
     print(
         "| connections | open | Daphne RSS | USS | RSS per conn (total / this step) | Daphne CPU idle | fds "
-        "| batch connect (s, rate, failed) | ping p50 / p99 | Redis clients / used_memory | PG conns |"
+        "| batch connect (s, rate, failed 1st try / after retries) | ping p50 / p99 | Redis clients / used_memory "
+        "| PG conns |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     prev = base
@@ -370,7 +385,9 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
         c = row["connect"]
         total = f"{(row['rss'] - base['rss']) / n / KIB:.1f}" if n else "-"
         step = f"{(row['rss'] - prev['rss']) / (n - prev['connections']) / KIB:.1f}" if n else "-"
-        connect = f"{c['seconds']:.1f} s, {c['batch'] / c['seconds']:.0f}/s, {c['failed']}" if c else "-"
+        connect = (
+            f"{c['seconds']:.1f} s, {c['batch'] / c['seconds']:.0f}/s, {c['first_failed']}/{c['failed']}" if c else "-"
+        )
         print(
             f"| {n:,} | {row['open']:,} | {row['rss'] / MIB:.0f} MiB | {row['uss'] / MIB:.0f} MiB | "
             f"{total} / {step} KiB | {row['cpu_percent']:.1f}% | {row['fds']:,} | {connect} | "
@@ -441,7 +458,8 @@ def main() -> None:
     parser.add_argument("--max", type=int, default=10000, help="connections at the last step")
     parser.add_argument("--step", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=4, help="client processes")
-    parser.add_argument("--in-flight", type=int, default=50, help="handshakes at once per client process")
+    parser.add_argument("--in-flight", type=int, default=5, help="handshakes at once per client process")
+    parser.add_argument("--retries", type=int, default=3, help="retries of a failed connect (jittered back-off)")
     parser.add_argument("--ping-every", type=float, default=25, help="app heartbeat (static/app/app.js: 25 s)")
     parser.add_argument("--window", type=float, default=30, help="idle measurement window per step (s)")
     parser.add_argument("--settle", type=float, default=5, help="pause after a batch before measuring (s)")

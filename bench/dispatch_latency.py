@@ -61,7 +61,8 @@ def summary(name: str, values_ms: list[float]) -> str:
 # --- role: agents (a process per Daphne) ---------------------------------------------
 
 
-async def agents_role(base: str, tokens: list[str], handle: tuple[float, float]) -> None:
+async def agents_role(base: str, tokens: list[str], handle: tuple[float, float], chat: bool = False) -> None:
+    """Each agent accepts every offer at once, optionally sends one message, resolves after U(*handle) s."""
     from websockets.asyncio.client import connect
 
     out = sys.stdout
@@ -84,34 +85,40 @@ async def agents_role(base: str, tokens: list[str], handle: tuple[float, float])
                     await ws.send(json.dumps({"type": "ping"}))
 
             pinger = asyncio.create_task(keepalive())
-            async for raw in ws:
-                now = time.monotonic()
-                message = json.loads(raw)
-                kind = message["type"]
-                if kind == "presence" and message.get("status") == "online":
-                    online += 1
-                    if online == len(tokens):
-                        emit(kind="ready", t=now)
-                        out.flush()
-                elif kind == "offer":
-                    emit(kind="offer", t=now, conversation_id=message["conversation_id"])
-                    accepted[message["conversation_id"]] = time.monotonic()
-                    await ws.send(json.dumps({"type": "offer.accept", "offer_id": message["offer_id"]}))
-                elif kind == "conversation.assigned":
-                    conversation_id = message["conversation"]["id"]
-                    started = accepted.pop(conversation_id, None)
-                    if started is not None:
-                        emit(kind="assigned", t=now, accept_sent=started)
+            try:
+                async for raw in ws:
+                    now = time.monotonic()
+                    message = json.loads(raw)
+                    kind = message["type"]
+                    if kind == "presence" and message.get("status") == "online":
+                        online += 1
+                        if online == len(tokens):
+                            emit(kind="ready", t=now)
+                            out.flush()
+                    elif kind == "offer":
+                        emit(kind="offer", t=now, conversation_id=message["conversation_id"])
+                        accepted[message["conversation_id"]] = time.monotonic()
+                        await ws.send(json.dumps({"type": "offer.accept", "offer_id": message["offer_id"]}))
+                    elif kind == "conversation.assigned":
+                        conversation_id = message["conversation"]["id"]
+                        started = accepted.pop(conversation_id, None)
+                        if started is not None:
+                            emit(kind="assigned", t=now, accept_sent=started)
 
-                    async def resolve(cid: str = conversation_id) -> None:
-                        await asyncio.sleep(random.uniform(*handle))
-                        payload = {"type": "conversation.resolve", "conversation_id": cid, "outcome": "resolved"}
-                        await ws.send(json.dumps(payload))
+                        async def resolve(cid: str = conversation_id) -> None:
+                            if chat:
+                                hi = {"type": "message.send", "conversation_id": cid, "text": "Hi, I can help."}
+                                await ws.send(json.dumps({**hi, "client_id": cid}))
+                            await asyncio.sleep(random.uniform(*handle))
+                            payload = {"type": "conversation.resolve", "conversation_id": cid, "outcome": "resolved"}
+                            await ws.send(json.dumps(payload))
 
-                    asyncio.create_task(resolve())
-                elif kind == "error":
-                    emit(kind="error", t=now, code=message.get("code"))
-            pinger.cancel()
+                        asyncio.create_task(resolve())
+                    elif kind == "error":
+                        emit(kind="error", t=now, code=message.get("code"))
+            finally:
+                pinger.cancel()
+                emit(kind="closed", t=time.monotonic(), code=ws.close_code)
 
     semaphore = asyncio.Semaphore(100)
 
@@ -341,6 +348,7 @@ def main() -> None:
     parser.add_argument("--handle", type=float, nargs=2, default=(0.5, 2.0), help="resolve after U(a, b) seconds")
     parser.add_argument("--workers", type=int, default=1, help="Celery worker processes for the default queue")
     parser.add_argument("--floor-samples", type=int, default=300)
+    parser.add_argument("--chat", action="store_true", help="agents send one message before resolving")
     parser.add_argument("--role", choices=["coordinator", "agents", "bot"], default="coordinator")
     parser.add_argument("--base")
     parser.add_argument("--bases")
@@ -351,7 +359,7 @@ def main() -> None:
     if args.role == "agents":
         signal.signal(signal.SIGTERM, lambda *_: (sys.stdout.flush(), os._exit(0)))
         tokens = [line.strip() for line in sys.stdin if line.strip()]
-        asyncio.run(agents_role(args.base, tokens, tuple(args.handle)))
+        asyncio.run(agents_role(args.base, tokens, tuple(args.handle), args.chat))
     elif args.role == "bot":
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
         bot_role(args.bases.split(","), args.integration, args.secret, args.rate, args.seconds)
