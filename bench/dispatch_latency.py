@@ -66,11 +66,11 @@ def summary(name: str, values_ms: list[float]) -> str:
 
 
 async def agents_role(
-    base: str, tokens: list[str], handle_time: Callable[[], float], *, from_offer: bool = False
+    base: str, tokens: list[str], handle_time: Callable[[], float], *, from_offer: bool = False, chat: bool = False
 ) -> None:
-    """Agents that accept every offer at once and resolve after `handle_time()` seconds,
-    counted from `conversation.assigned` (or, with `from_offer`, from the offer's arrival:
-    the agent's whole occupancy, as a workforce tool measures handle time)."""
+    """Agents that accept every offer at once, optionally send one message, and resolve after
+    `handle_time()` seconds, counted from `conversation.assigned` (or, with `from_offer`, from the
+    offer's arrival: the agent's whole occupancy, as a workforce tool measures handle time)."""
     from websockets.asyncio.client import connect
     from websockets.exceptions import InvalidHandshake, InvalidMessage
 
@@ -106,38 +106,44 @@ async def agents_role(
                     await ws.send(json.dumps({"type": "ping"}))
 
             pinger = asyncio.create_task(keepalive())
-            async for raw in ws:
-                now = time.monotonic()
-                message = json.loads(raw)
-                kind = message["type"]
-                if kind == "presence" and message.get("status") == "online":
-                    online += 1
-                    if online == len(tokens):
-                        emit(kind="ready", t=now)
-                        out.flush()
-                elif kind == "offer":
-                    emit(kind="offer", t=now, conversation_id=message["conversation_id"])
-                    offered[message["conversation_id"]] = now
-                    accepted[message["conversation_id"]] = time.monotonic()
-                    await ws.send(json.dumps({"type": "offer.accept", "offer_id": message["offer_id"]}))
-                elif kind == "conversation.assigned":
-                    conversation_id = message["conversation"]["id"]
-                    started = accepted.pop(conversation_id, None)
-                    if started is not None:
-                        emit(kind="assigned", t=now, accept_sent=started, conversation_id=conversation_id)
-                    handle = handle_time()
-                    due = (offered.pop(conversation_id, now) if from_offer else now) + handle
+            try:
+                async for raw in ws:
+                    now = time.monotonic()
+                    message = json.loads(raw)
+                    kind = message["type"]
+                    if kind == "presence" and message.get("status") == "online":
+                        online += 1
+                        if online == len(tokens):
+                            emit(kind="ready", t=now)
+                            out.flush()
+                    elif kind == "offer":
+                        emit(kind="offer", t=now, conversation_id=message["conversation_id"])
+                        offered[message["conversation_id"]] = now
+                        accepted[message["conversation_id"]] = time.monotonic()
+                        await ws.send(json.dumps({"type": "offer.accept", "offer_id": message["offer_id"]}))
+                    elif kind == "conversation.assigned":
+                        conversation_id = message["conversation"]["id"]
+                        started = accepted.pop(conversation_id, None)
+                        if started is not None:
+                            emit(kind="assigned", t=now, accept_sent=started, conversation_id=conversation_id)
+                        handle = handle_time()
+                        due = (offered.pop(conversation_id, now) if from_offer else now) + handle
 
-                    async def resolve(cid: str = conversation_id, due: float = due, handle: float = handle) -> None:
-                        await asyncio.sleep(max(0.0, due - time.monotonic()))
-                        payload = {"type": "conversation.resolve", "conversation_id": cid, "outcome": "resolved"}
-                        await ws.send(json.dumps(payload))
-                        emit(kind="resolve", t=time.monotonic(), conversation_id=cid, handle=handle)
+                        async def resolve(cid: str = conversation_id, due: float = due, handle: float = handle) -> None:
+                            if chat:
+                                hi = {"type": "message.send", "conversation_id": cid, "text": "Hi, I can help."}
+                                await ws.send(json.dumps({**hi, "client_id": cid}))
+                            await asyncio.sleep(max(0.0, due - time.monotonic()))
+                            payload = {"type": "conversation.resolve", "conversation_id": cid, "outcome": "resolved"}
+                            await ws.send(json.dumps(payload))
+                            emit(kind="resolve", t=time.monotonic(), conversation_id=cid, handle=handle)
 
-                    asyncio.create_task(resolve())
-                elif kind == "error":
-                    emit(kind="error", t=now, code=message.get("code"))
-            pinger.cancel()
+                        asyncio.create_task(resolve())
+                    elif kind == "error":
+                        emit(kind="error", t=now, code=message.get("code"))
+            finally:
+                pinger.cancel()
+                emit(kind="closed", t=time.monotonic(), code=ws.close_code)
 
     semaphore = asyncio.Semaphore(25)  # handshakes in flight: Daphne rejects one not accepted within 5 s
 
@@ -492,6 +498,7 @@ def main() -> None:
     parser.add_argument("--out", help="append a JSON line with the figures to this file (bench/plot_dispatch.py)")
     parser.add_argument("--workers", type=int, default=1, help="Celery worker processes for the default queue")
     parser.add_argument("--floor-samples", type=int, default=300)
+    parser.add_argument("--chat", action="store_true", help="agents send one message before resolving")
     parser.add_argument("--role", choices=["coordinator", "agents", "bot"], default="coordinator")
     parser.add_argument("--base")
     parser.add_argument("--bases")
@@ -503,7 +510,7 @@ def main() -> None:
         signal.signal(signal.SIGTERM, lambda *_: (sys.stdout.flush(), os._exit(0)))
         tokens = [line.strip() for line in sys.stdin if line.strip()]
         low, high = args.handle
-        asyncio.run(agents_role(args.base, tokens, lambda: random.uniform(low, high)))
+        asyncio.run(agents_role(args.base, tokens, lambda: random.uniform(low, high), chat=args.chat))
     elif args.role == "bot":
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
         bot_role(args.bases.split(","), args.integration, args.secret, args.rate, args.seconds)

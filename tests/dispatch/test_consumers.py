@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -255,6 +256,20 @@ async def test_a_flood_is_rate_limited_then_closed(make_agent, online_socket, se
         if output["type"] == "websocket.close":
             break
     assert output == {"type": "websocket.close", "code": 4429}
+
+
+async def test_a_heartbeat_is_answered_while_the_database_thread_is_busy(make_agent, online_socket):
+    """Idle sockets ping every 25 s; a ping must not queue for the thread that runs the consumers' queries."""
+    socket = await online_socket(await sync_to_async(make_agent)(), go_online=False)
+    release = threading.Event()
+    busy = asyncio.ensure_future(sync_to_async(release.wait)())  # holds the thread-sensitive (database) thread
+    try:
+        await socket.send(type="ping")
+        await socket.expect("pong", within=5)
+    finally:
+        release.set()
+        await busy
+    await socket.close()
 
 
 async def test_hello_after_a_reconnect_restores_the_work(make_agent, online_socket, async_bot):
