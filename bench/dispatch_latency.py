@@ -387,7 +387,12 @@ def coordinator(args: argparse.Namespace) -> None:
                     raise SystemExit(f"agents could not get online: {event}")
         print("all agents online; load starts", flush=True)
 
-        cpu_before = cpu_by_role()
+        idle_from, idle_at = cpu_by_role(), time.monotonic()
+        time.sleep(args.idle_seconds)  # what the system burns with nothing to do (heartbeats, sweepers)
+        cpu_before, load_at = cpu_by_role(), time.monotonic()
+        cpu_idle = {
+            role: (cpu_before.get(role, 0.0) - idle_from.get(role, 0.0)) / (load_at - idle_at) for role in cpu_before
+        }
         bot = subprocess.run(
             [
                 *me,
@@ -411,7 +416,11 @@ def coordinator(args: argparse.Namespace) -> None:
             check=True,
         )
         time.sleep(2)  # the last offers land
-        cpu_used = {role: seconds - cpu_before.get(role, 0.0) for role, seconds in cpu_by_role().items()}
+        loaded = time.monotonic() - load_at
+        cpu_used = {
+            role: seconds - cpu_before.get(role, 0.0) - cpu_idle.get(role, 0.0) * loaded
+            for role, seconds in cpu_by_role().items()
+        }
         agent_events = []
         for proc in agent_procs:
             proc.send_signal(signal.SIGTERM)
@@ -421,11 +430,16 @@ def coordinator(args: argparse.Namespace) -> None:
             agent_events += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     posted = [json.loads(line) for line in bot.stdout.splitlines()]
     cpu_used["load: bot"] = next((p["cpu"] for p in posted if p["kind"] == "cpu"), 0.0)
-    report(args, floor, [p for p in posted if p["kind"] == "posted"], agent_events, cpu_used)
+    report(args, floor, [p for p in posted if p["kind"] == "posted"], agent_events, cpu_used, cpu_idle)
 
 
 def report(
-    args: argparse.Namespace, floor: list[float], posted: list[dict], events: list[dict], cpu: dict[str, float]
+    args: argparse.Namespace,
+    floor: list[float],
+    posted: list[dict],
+    events: list[dict],
+    cpu: dict[str, float],
+    cpu_idle: dict[str, float],
 ) -> None:
     start = posted[0]["t"] + args.warmup if posted else 0
     stop = posted[-1]["t"] if posted else 0
@@ -468,14 +482,21 @@ def report(
         f"never offered={never}, assigned={len(assigned)}, ws errors={errors}"
     )
     total = len(posted) or 1
-    print(f"CPU per escalation (all {len(posted)} posted, warm-up included), by part of the system:")
+    print(
+        f"CPU by part of the system: idle (before the load, {args.idle_seconds:g} s) and per escalation "
+        f"(all {len(posted)} posted, warm-up included, the idle rate taken off):"
+    )
     for role, seconds in sorted(cpu.items(), key=lambda item: -item[1]):
-        print(f"  {role:<36} {seconds * 1000 / total:6.1f} ms")
+        print(f"  {role:<36} idle {cpu_idle.get(role, 0.0) * 100:5.1f}% of a core   {seconds * 1000 / total:6.1f} ms")
     server = sum(v for k, v in cpu.items() if not k.startswith("load"))
-    print(f"  {'all servers (without the load)':<36} {server * 1000 / total:6.1f} ms")
+    idle = sum(v for k, v in cpu_idle.items() if not k.startswith("load"))
+    print(
+        f"  {'all servers (without the load)':<36} idle {idle * 100:5.1f}% of a core   {server * 1000 / total:6.1f} ms"
+    )
     if args.out:
         row = {
             "cpu_ms": {role: seconds * 1000 / total for role, seconds in cpu.items()},
+            "cpu_idle": cpu_idle,
             "agents": args.agents, "rate": args.rate, "duration": args.duration, "workers": args.workers,
             "offer": [percentile(to_offer, q) for q in (50, 99)], "offer_max": max(to_offer, default=None),
             "assigned": [percentile(to_assigned, q) for q in (50, 99)],
@@ -498,6 +519,7 @@ def main() -> None:
     parser.add_argument("--out", help="append a JSON line with the figures to this file (bench/plot_dispatch.py)")
     parser.add_argument("--workers", type=int, default=1, help="Celery worker processes for the default queue")
     parser.add_argument("--floor-samples", type=int, default=300)
+    parser.add_argument("--idle-seconds", type=float, default=10, help="CPU measured idle before the load")
     parser.add_argument("--chat", action="store_true", help="agents send one message before resolving")
     parser.add_argument("--role", choices=["coordinator", "agents", "bot"], default="coordinator")
     parser.add_argument("--base")
