@@ -386,6 +386,14 @@ def coordinator(args: argparse.Namespace) -> None:
                 if event["kind"] in ("eof", "ended", "failed"):
                     raise SystemExit(f"agents could not get online: {event}")
         print("all agents online; load starts", flush=True)
+        # Read the agents' events as they come: a full pipe would block them mid-run and skew the figures.
+        agent_lines: list[list[str]] = [[] for _ in agent_procs]
+        readers = [
+            threading.Thread(target=lambda out, into: into.extend(out), args=(proc.stdout, lines), daemon=True)
+            for proc, lines in zip(agent_procs, agent_lines, strict=True)
+        ]
+        for reader in readers:
+            reader.start()
 
         idle_from, idle_at = cpu_by_role(), time.monotonic()
         time.sleep(args.idle_seconds)  # what the system burns with nothing to do (heartbeats, sweepers)
@@ -421,13 +429,12 @@ def coordinator(args: argparse.Namespace) -> None:
             role: seconds - cpu_before.get(role, 0.0) - cpu_idle.get(role, 0.0) * loaded
             for role, seconds in cpu_by_role().items()
         }
-        agent_events = []
         for proc in agent_procs:
             proc.send_signal(signal.SIGTERM)
-            assert proc.stdout is not None
-            out = proc.stdout.read()
             proc.wait(timeout=30)
-            agent_events += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        for reader in readers:
+            reader.join(timeout=30)
+        agent_events = [json.loads(line) for lines in agent_lines for line in lines if line.startswith("{")]
     posted = [json.loads(line) for line in bot.stdout.splitlines()]
     cpu_used["load: bot"] = next((p["cpu"] for p in posted if p["kind"] == "cpu"), 0.0)
     report(args, floor, [p for p in posted if p["kind"] == "posted"], agent_events, cpu_used, cpu_idle)
