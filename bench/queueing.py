@@ -51,6 +51,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -189,6 +190,14 @@ def run_point(args: argparse.Namespace, rho: float, duration: float, seed: int) 
             while (event := json.loads(proc.stdout.readline() or '{"kind": "eof"}'))["kind"] != "ready":
                 if event["kind"] in ("eof", "ended"):
                     raise SystemExit(f"agents could not get online: {event}")
+        # Read the agents' events as they come: a full pipe (64 KiB, ~180 conversations) would block them.
+        agent_lines: list[list[str]] = [[] for _ in agent_procs]
+        readers = [
+            threading.Thread(target=lambda out, into: into.extend(out), args=(proc.stdout, lines), daemon=True)
+            for proc, lines in zip(agent_procs, agent_lines, strict=True)
+        ]
+        for reader in readers:
+            reader.start()
         load_before = os.getloadavg()
         print(
             f"rho={rho}: {c} agents online; {burst} escalations at once, then Poisson {lam:.3f}/s for {duration:.0f} s"
@@ -222,14 +231,14 @@ def run_point(args: argparse.Namespace, rho: float, duration: float, seed: int) 
         while time.monotonic() < deadline and not drained():
             time.sleep(0.5)
         time.sleep(1)
-        agent_events = []
         for proc in agent_procs:
             proc.send_signal(signal.SIGTERM)
-            assert proc.stdout is not None
-            out = proc.stdout.read()
             proc.wait(timeout=30)
-            agent_events += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    posted = [json.loads(line) for line in bot.stdout.splitlines() if line.startswith("{")]
+        for reader in readers:
+            reader.join(timeout=30)
+        agent_events = [json.loads(line) for lines in agent_lines for line in lines if line.startswith("{")]
+    events = [json.loads(line) for line in bot.stdout.splitlines() if line.startswith("{")]
+    posted = [e for e in events if e["kind"] == "posted"]
     result = analyse(rho, c, lam, mu, duration, posted, agent_events, collect())
     result["load_average"] = [load_before, os.getloadavg()]  # the machine is shared: say how busy it was
     return result
