@@ -356,12 +356,12 @@ def conversation_dispatch(*, conversation_id: str) -> Offer | None:
     ).exists()
     for agent_id in selectors.ranked_candidates(conversation):
         if older_waiting:
-            # One offer per job: the best free agent takes the oldest conversation it may take (maybe
-            # this one). Agents freed by a resolution have their own job; under a backlog, handing
-            # every candidate around from every newcomer's job would only make the jobs fight.
+            # Each free agent, best first, takes the oldest conversation it may take, until one takes
+            # this one: no agent stays idle beside a waiting customer (one offer per job left the
+            # newcomer waiting for the sweeper while a second free agent sat idle: bench/queueing.py).
             offer = agent_dispatch(agent_id=agent_id)
-            if offer is not None:
-                return offer if offer.conversation_id == conversation_id else None
+            if offer is not None and offer.conversation_id == conversation_id:
+                return offer
             continue
         try:
             return offer_create(conversation_id=conversation_id, agent_id=agent_id)

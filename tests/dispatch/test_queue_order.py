@@ -33,3 +33,19 @@ def test_a_freed_agent_gets_the_oldest_waiting_conversation_even_if_a_newcomer_d
     offer = Offer.objects.get(agent=agent, state=Offer.State.PENDING)
     assert offer.conversation_id == waiting.pk, "the newcomer overtook a conversation waiting before it"
     assert not Offer.objects.filter(conversation=newcomer).exists()
+
+
+def test_a_newcomer_behind_an_older_conversation_still_gets_a_second_free_agent(escalate, make_agent, recorded_jobs):
+    """Work conservation with first come, first served: two agents are free and an older conversation
+    waits (its own job not run yet); the newcomer's job gives the older one to the best agent and
+    itself to the other, rather than leaving an agent idle beside a waiting customer."""
+    first_agent, second_agent = make_agent(), make_agent()
+    older = escalate()
+    newcomer = escalate()
+    recorded_jobs.clear()  # only the newcomer's job runs, as when it is first out of the broker
+
+    dispatch.conversation_dispatch(conversation_id=newcomer.pk)
+
+    offered = dict(Offer.objects.filter(state=Offer.State.PENDING).values_list("conversation_id", "agent_id"))
+    assert set(offered) == {older.pk, newcomer.pk}
+    assert set(offered.values()) == {first_agent.pk, second_agent.pk}
