@@ -65,7 +65,11 @@ class _ProfileSerializer(serializers.Serializer):
         max_length=20,
         required=False,
     )
-    skills = serializers.ListField(child=StrictCharField(max_length=64), max_length=50, required=False)
+    # Blank (or whitespace-only) entries are dropped by the service, as its docs say; refusing them here
+    # would refuse what the schema allows (Python strips characters JSON Schema does not call space).
+    skills = serializers.ListField(
+        child=StrictCharField(max_length=64, allow_blank=True, trim_whitespace=False), max_length=50, required=False
+    )
 
 
 _ME = inline_serializer(
