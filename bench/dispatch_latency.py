@@ -39,7 +39,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -246,6 +246,39 @@ _print_lock = threading.Lock()
 # --- coordinator -------------------------------------------------------------------------
 
 
+class Lines:
+    """Read a child's JSON lines in a thread as they come (a full pipe would stall the child)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.items: list[dict[str, Any]] = []
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self.thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            if line.startswith("{"):
+                item = json.loads(line)
+                if item.get("kind") == "ready":
+                    self.ready.set()
+                self.items.append(item)
+        self.ready.set()
+
+
+def bench_env(**extra: str) -> dict[str, str]:
+    """The servers' environment in every benchmark: production settings against the benchmark's database
+    (DEBUG's per-request static scan alone costs ~30 ms a request)."""
+    from tests.processes import service_env
+
+    return service_env(
+        DEBUG="false",
+        SECRET_KEY="bench-" + "x" * 40,
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        LOG_LEVEL=os.environ.get("BENCH_SERVER_LOG_LEVEL", "WARNING"),
+        **extra,
+    )
+
+
 def cpu_by_role() -> dict[str, float]:
     """CPU seconds used so far by each part of the system on this machine (the benchmark's children,
     and every PostgreSQL and Redis server process): where the two cores go, per escalation."""
@@ -337,7 +370,7 @@ def coordinator(args: argparse.Namespace) -> None:
 
     redis.Redis.from_url(redis_url).flushdb()
     from marketplace import services
-    from tests.processes import celery_beat, celery_worker, daphne, service_env
+    from tests.processes import celery_beat, celery_worker, daphne
 
     integration = services.integration_create(
         data=services.IntegrationInput(name="bench", callback_url="http://127.0.0.1:9/discard")
@@ -347,11 +380,7 @@ def coordinator(args: argparse.Namespace) -> None:
 
     logs = ROOT / "var" / "bench"
     logs.mkdir(parents=True, exist_ok=True)
-    env = service_env(
-        DEBUG="false",  # production settings (DEBUG's per-request static scan costs ~30 ms a request)
-        SECRET_KEY="bench-" + "x" * 40,
-        ALLOWED_HOSTS="127.0.0.1,localhost",
-        LOG_LEVEL=os.environ.get("BENCH_SERVER_LOG_LEVEL", "WARNING"),
+    env = bench_env(
         CALLBACK_MAX_ATTEMPTS="1",
         OFFER_TIMEOUT_SECONDS="20",
         BOT_RATE_LIMIT_PER_MINUTE="1000000",  # one bot stands for many integrations here
@@ -387,13 +416,7 @@ def coordinator(args: argparse.Namespace) -> None:
                     raise SystemExit(f"agents could not get online: {event}")
         print("all agents online; load starts", flush=True)
         # Read the agents' events as they come: a full pipe would block them mid-run and skew the figures.
-        agent_lines: list[list[str]] = [[] for _ in agent_procs]
-        readers = [
-            threading.Thread(target=lambda out, into: into.extend(out), args=(proc.stdout, lines), daemon=True)
-            for proc, lines in zip(agent_procs, agent_lines, strict=True)
-        ]
-        for reader in readers:
-            reader.start()
+        agent_lines = [Lines(proc.stdout) for proc in agent_procs]
 
         idle_from, idle_at = cpu_by_role(), time.monotonic()
         time.sleep(args.idle_seconds)  # what the system burns with nothing to do (heartbeats, sweepers)
@@ -432,9 +455,9 @@ def coordinator(args: argparse.Namespace) -> None:
         for proc in agent_procs:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
-        for reader in readers:
-            reader.join(timeout=30)
-        agent_events = [json.loads(line) for lines in agent_lines for line in lines if line.startswith("{")]
+        for lines in agent_lines:
+            lines.thread.join(timeout=30)
+        agent_events = [event for lines in agent_lines for event in lines.items]
     posted = [json.loads(line) for line in bot.stdout.splitlines()]
     cpu_used["load: bot"] = next((p["cpu"] for p in posted if p["kind"] == "cpu"), 0.0)
     report(args, floor, [p for p in posted if p["kind"] == "posted"], agent_events, cpu_used, cpu_idle)

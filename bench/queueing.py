@@ -51,7 +51,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -61,7 +60,7 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.dispatch_latency import agents_role, bot_role, percentile, prepare_database  # noqa: E402
+from bench.dispatch_latency import Lines, agents_role, bench_env, bot_role, percentile, prepare_database  # noqa: E402
 
 LOGS = ROOT / "var" / "bench" / "queueing"
 PLOT = ROOT / "docs" / "img" / "queueing.png"
@@ -135,7 +134,7 @@ def samples_needed(c: int, lam: float, mu: float, precision: float, runs: int = 
 def run_point(args: argparse.Namespace, rho: float, duration: float, seed: int) -> dict[str, Any]:
     from django.db import connections
 
-    from tests.processes import celery_beat, celery_worker, daphne, service_env
+    from tests.processes import celery_beat, celery_worker, daphne
 
     connections.close_all()
     prepare_database(args.server, "bench_queueing")
@@ -157,11 +156,7 @@ def run_point(args: argparse.Namespace, rho: float, duration: float, seed: int) 
     tokens = [token for _, token in services.agents_create_bulk(prefix="q", count=c, template=template)]
 
     LOGS.mkdir(parents=True, exist_ok=True)
-    env = service_env(
-        DEBUG="false",
-        SECRET_KEY="bench-" + "x" * 40,
-        ALLOWED_HOSTS="127.0.0.1,localhost",
-        LOG_LEVEL="WARNING",
+    env = bench_env(
         CALLBACK_MAX_ATTEMPTS="1",
         BOT_RATE_LIMIT_PER_MINUTE="1000000",  # the bot's rate must not be throttled
         OFFER_TIMEOUT_SECONDS="20",  # agents accept at once; no offer expires
@@ -191,13 +186,7 @@ def run_point(args: argparse.Namespace, rho: float, duration: float, seed: int) 
                 if event["kind"] in ("eof", "ended"):
                     raise SystemExit(f"agents could not get online: {event}")
         # Read the agents' events as they come: a full pipe (64 KiB, ~180 conversations) would block them.
-        agent_lines: list[list[str]] = [[] for _ in agent_procs]
-        readers = [
-            threading.Thread(target=lambda out, into: into.extend(out), args=(proc.stdout, lines), daemon=True)
-            for proc, lines in zip(agent_procs, agent_lines, strict=True)
-        ]
-        for reader in readers:
-            reader.start()
+        agent_lines = [Lines(proc.stdout) for proc in agent_procs]
         load_before = os.getloadavg()
         print(
             f"rho={rho}: {c} agents online; {burst} escalations at once, then Poisson {lam:.3f}/s for {duration:.0f} s"
@@ -234,9 +223,9 @@ def run_point(args: argparse.Namespace, rho: float, duration: float, seed: int) 
         for proc in agent_procs:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
-        for reader in readers:
-            reader.join(timeout=30)
-        agent_events = [json.loads(line) for lines in agent_lines for line in lines if line.startswith("{")]
+        for lines in agent_lines:
+            lines.thread.join(timeout=30)
+        agent_events = [event for lines in agent_lines for event in lines.items]
     events = [json.loads(line) for line in bot.stdout.splitlines() if line.startswith("{")]
     posted = [e for e in events if e["kind"] == "posted"]
     result = analyse(rho, c, lam, mu, duration, posted, agent_events, collect())

@@ -35,14 +35,14 @@ import time
 from contextlib import ExitStack
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dispatch_latency import percentile, prepare_database  # noqa: E402
+from dispatch_latency import Lines, bench_env, percentile, prepare_database  # noqa: E402
 from probes import (  # noqa: E402
     pg_connections,
     private_redis,
@@ -54,25 +54,6 @@ from probes import (  # noqa: E402
 
 DB_NAME = "bench_soak"
 KIB, MIB = 1024, 1024 * 1024
-
-
-class Lines:
-    """Read a child's JSON lines in a thread as they come (a full pipe would stall the child)."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.items: list[dict[str, Any]] = []
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self.thread.start()
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            if line.startswith("{"):
-                item = json.loads(line)
-                if item.get("kind") == "ready":
-                    self.ready.set()
-                self.items.append(item)
-        self.ready.set()
 
 
 class CallbackLog:
@@ -116,7 +97,7 @@ def coordinator(args: argparse.Namespace) -> None:
 
         django.setup()
         from marketplace import services
-        from tests.processes import celery_beat, celery_worker, daphne, service_env
+        from tests.processes import celery_beat, celery_worker, daphne
 
         callback_base = stack.enter_context(local_http_server(receiver(callbacks)))
         integration = services.integration_create(
@@ -126,13 +107,7 @@ def coordinator(args: argparse.Namespace) -> None:
         tokens = [t for _, t in services.agents_create_bulk(prefix="soak", count=args.agents, template=template)]
         logs = ROOT / "var" / "bench" / "soak"
         logs.mkdir(parents=True, exist_ok=True)
-        env = service_env(
-            DEBUG="false",
-            SECRET_KEY="bench-" + "x" * 40,
-            ALLOWED_HOSTS="127.0.0.1,localhost",
-            LOG_LEVEL="WARNING",
-            OFFER_TIMEOUT_SECONDS="20",
-        )
+        env = bench_env(OFFER_TIMEOUT_SECONDS="20")
         stack.enter_context(celery_worker(env, logs / "worker.log", concurrency=8, queues="celery"))
         stack.enter_context(celery_worker(env, logs / "callbacks.log", concurrency=16, queues="callbacks,payouts"))
         stack.enter_context(celery_beat(env, logs / "beat.log", logs))
