@@ -40,7 +40,7 @@ DEFAULT_SOURCE = ROOT.parent / "shared" / "stripe"
 DEFAULT_OUT = ROOT / "tests" / "data" / "stripe"
 SPEC, FIXTURES = "spec3.subset.yaml", "fixtures3.subset.json"
 
-# (method, Stripe's path template): the stand-in serves exactly these (StripeStandIn.OPERATIONS).
+# (method, Stripe's path template): the stand-in serves exactly these (OPERATIONS in tests/stripe_standin.py).
 OPERATIONS: tuple[tuple[str, str], ...] = (
     ("POST", "/v1/accounts"),
     ("GET", "/v1/accounts/{account}"),
@@ -53,7 +53,7 @@ OPERATIONS: tuple[tuple[str, str], ...] = (
     ("GET", "/v1/transfers/{id}/reversals"),
     ("POST", "/v1/transfers/{id}/reversals"),
 )
-# The objects the stand-in builds from Stripe's fixtures (StripeStandIn.RESOURCES), plus Stripe's error.
+# The objects the stand-in builds from Stripe's fixtures (RESOURCES in tests/stripe_standin.py), plus Stripe's error.
 RESOURCES: tuple[str, ...] = ("account", "account_link", "balance", "event", "transfer", "transfer_reversal")
 SCHEMAS: tuple[str, ...] = (*RESOURCES, "error")
 STUB = "x-stubbed-by-subset"
@@ -175,8 +175,8 @@ shapes cannot drift from the real API's.
   ({len(full)} schemas in all).
 - Other Stripe resources they refer to are stubs (`{STUB}: true`), so that every
   `$ref` resolves: {", ".join(f"`{n}`" for n in stubs)}.
-- Fixtures (`fixtures3.json` has no version of its own: it was current when the
-  spec was taken): {", ".join(f"`{n}`" for n in RESOURCES)}.
+- Fixtures (`fixtures3.json` carries no version; it may be newer than the
+  spec): {", ".join(f"`{n}`" for n in RESOURCES)}.
 
 Extracted from:
 
@@ -194,9 +194,11 @@ With a full copy of Stripe's `spec3.yaml` and `fixtures3.json` (and its
 .venv/bin/python -m pytest tests/payouts/test_stripe_reference.py tests/payouts/test_stripe_standin.py
 ```
 
-When the stand-in serves a new operation or object, add it to `OPERATIONS` or
-`RESOURCES` in the script (and to `StripeStandIn.OPERATIONS` or `RESOURCES`) and
-run it again; `tests/payouts/test_stripe_reference.py` fails until both agree.
+When the stand-in serves a new operation or builds a new object, add it to
+`OPERATIONS` or `RESOURCES` both in the script and in `tests/stripe_standin.py`,
+and run the script again; `tests/payouts/test_stripe_reference.py` fails until
+the three agree. When the payouts code calls an operation the stand-in does not
+serve, `tests/payouts/test_spec_conformance.py` says so.
 """
 
 
