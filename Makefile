@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install install-dev run test lint pytest migrate demo-escalation worker beat clean
+.PHONY: install install-dev run test lint pytest migrate demo-escalation worker beat api-docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ pytest: install-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint pytest
+
+# docs/openapi.yaml and docs/API_REFERENCE.md, generated from the code (tests/test_api_docs.py checks them).
+api-docs: install
+	$(BIN)/python scripts/api_docs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache staticfiles .seed.json db.sqlite3* .test-db.sqlite3*

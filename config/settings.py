@@ -1,4 +1,4 @@
-"""Settings, read from the environment (see ../shared/API.md section 6).
+"""Settings, read from the environment (docs/API.md, Configuration; every variable: docs/API_REFERENCE.md).
 
 With nothing set, the embedded default needs no other server: SQLite, the
 in-memory channel layer, and background jobs in a thread of the web process.

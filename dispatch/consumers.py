@@ -1,4 +1,4 @@
-"""The agents' WebSocket (../shared/API.md section 4). Thin: parse, call a service, forward.
+"""The agents' WebSocket (docs/API.md, Agents). Thin: parse, call a service, forward.
 
 Close codes: 4401 not authenticated, 4403 not an agent or suspended,
 4408 idle too long (no `ping`), 4429 flooding, 1013 database unavailable while connecting (try again).

@@ -1,4 +1,4 @@
-"""The AI bot's API (../shared/API.md section 2): thin views over the services."""
+"""The AI bot's API (docs/API.md, the bot's API): thin views over the services."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The agent's payouts API (../shared/API.md section 5) and Stripe's webhook endpoint."""
+"""The agent's payouts API (docs/API.md, Agents and Payouts) and Stripe's webhook endpoint."""
 
 from __future__ import annotations
 

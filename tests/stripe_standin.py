@@ -2,9 +2,12 @@
 
 Stripe cannot be reached from the test machines; the real `stripe` library
 talks to this server over real HTTP instead (StripeClient(base_addresses=...)).
-Objects are built from Stripe's own fixtures (../shared/stripe/fixtures3.json)
-and checked against its OpenAPI spec in tests/payouts/test_stripe_standin.py,
-so the shapes cannot drift from the real API's.
+Objects are built from Stripe's own fixtures and checked against its OpenAPI
+spec (tests/payouts/test_stripe_standin.py, test_spec_conformance.py), so the
+shapes cannot drift from the real API's. Both are the subset kept in the
+repository, tests/data/stripe/ (scripts/refresh_stripe_spec.py makes it from a
+full copy of Stripe's files; tests/payouts/test_stripe_reference.py checks that
+it holds every operation in OPERATIONS and every object in RESOURCES).
 
 Covers: accounts (create, retrieve, update), account links, transfers (create,
 retrieve, list with filters), transfer reversals, balance. Honours
@@ -20,31 +23,56 @@ import copy
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
+import yaml
 
 from .processes import local_http_server
 
-# Stripe's spec and fixtures live in the project's shared folder, beside the
-# checkout (as CI has it); SHARED_DIR points elsewhere.
-SHARED = Path(os.environ.get("SHARED_DIR", Path(__file__).resolve().parents[2] / "shared")) / "stripe"
+# The part of Stripe's spec and fixtures that the tests use, kept in the repository (MIT, Stripe's).
+STRIPE_DATA = Path(__file__).resolve().parent / "data" / "stripe"
+SPEC_FILE = STRIPE_DATA / "spec3.subset.yaml"
+FIXTURES_FILE = STRIPE_DATA / "fixtures3.subset.json"
+
+# What handle() serves, as (method, Stripe's path template), and the objects it builds from the
+# fixtures. scripts/refresh_stripe_spec.py keeps the same lists; test_stripe_reference.py checks both.
+OPERATIONS: tuple[tuple[str, str], ...] = (
+    ("POST", "/v1/accounts"),
+    ("GET", "/v1/accounts/{account}"),
+    ("POST", "/v1/accounts/{account}"),
+    ("POST", "/v1/account_links"),
+    ("GET", "/v1/balance"),
+    ("GET", "/v1/transfers"),
+    ("POST", "/v1/transfers"),
+    ("GET", "/v1/transfers/{transfer}"),
+    ("GET", "/v1/transfers/{id}/reversals"),
+    ("POST", "/v1/transfers/{id}/reversals"),
+)
+RESOURCES: tuple[str, ...] = ("account", "account_link", "balance", "event", "transfer", "transfer_reversal")
+
+
+@cache
+def spec() -> dict[str, Any]:
+    """Stripe's OpenAPI spec (the subset the tests use), loaded once."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    with SPEC_FILE.open(encoding="utf-8") as handle:
+        loaded: dict[str, Any] = yaml.load(handle, Loader=loader)  # noqa: S506 - a safe loader, chosen above
+    return loaded
 
 
 def fixtures() -> dict[str, Any]:
-    path = SHARED / "fixtures3.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: the Stripe stand-in needs ../shared/stripe (or SHARED_DIR)")
-    return json.loads(path.read_text())["resources"]
+    resources: dict[str, Any] = json.loads(FIXTURES_FILE.read_text(encoding="utf-8"))["resources"]
+    return resources
 
 
 def _nest(pairs: list[tuple[str, str]]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Operator commands print the JSON that ../shared/API.md section 1 names."""
+"""Operator commands print the JSON that docs/API.md (Operator commands) names."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The bot's escalation API, as ../shared/API.md section 2 writes it."""
+"""The bot's escalation API, as docs/API.md (the bot's API) writes it."""
 
 from __future__ import annotations
 

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from functools import cache
-from typing import Any
 
 import pytest
 import stripe
-import yaml
 
-from ..stripe_standin import SHARED, StripeStandIn, serve
+from ..stripe_standin import StripeStandIn, serve, spec
 
 
 @pytest.fixture
@@ -27,13 +24,6 @@ def client_for(standin: StripeStandIn, timeout: float = 5, retries: int = 2) -> 
         max_network_retries=retries,
         http_client=stripe.RequestsClient(timeout=timeout),
     )
-
-
-@cache
-def spec() -> dict[str, Any]:
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    with open(SHARED / "spec3.yaml") as handle:
-        return yaml.load(handle, Loader=loader)  # noqa: S506 - a safe loader, chosen above
 
 
 def active_account(client: stripe.StripeClient, standin: StripeStandIn) -> str:
