@@ -39,8 +39,14 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 LINGER_SECONDS = 10.0
 
 
+# Room for a multipart body's boundaries and part headers around a file of the largest size.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
 def body_limit(path: str) -> int:
     """The largest body, in bytes, that `path` accepts."""
+    if path.rstrip("/").endswith("/attachments"):  # file uploads (API.md 7.2), wherever they are
+        return int(getattr(settings, "ATTACHMENT_MAX_BYTES", 10 * 1024 * 1024)) + MULTIPART_OVERHEAD_BYTES
     if path.startswith("/api/v1/escalations"):
         return int(settings.BOT_MAX_BODY_BYTES)
     if path.startswith("/webhooks/stripe"):

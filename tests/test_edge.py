@@ -179,6 +179,10 @@ def test_limits_by_path(settings):
     assert edge.body_limit("/webhooks/stripe/") == 20
     assert edge.body_limit("/api/v1/auth/token") == 30
     assert edge.body_limit("/admin/login/") == 30
+    # uploads (API.md 7.2) get ATTACHMENT_MAX_BYTES and room for the multipart framing
+    settings.ATTACHMENT_MAX_BYTES = 1000
+    assert edge.body_limit("/api/v1/escalations/conv_1/attachments") == 1000 + edge.MULTIPART_OVERHEAD_BYTES
+    assert edge.body_limit("/api/v1/agent/conversations/conv_1/attachments") == 1000 + edge.MULTIPART_OVERHEAD_BYTES
 
 
 # --- proxy headers ---------------------------------------------------------------------------------------
