@@ -19,7 +19,7 @@ import io
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
@@ -122,7 +122,7 @@ class BodyLimitMiddleware:
 
 def with_edge(app: App) -> App:
     """`app` (the whole ProtocolTypeRouter) behind the proxy-header check."""
-    return ProxyHeadersMiddleware(app, trusted_hosts=list(settings.TRUSTED_PROXIES))  # type: ignore[arg-type]
+    return cast(App, ProxyHeadersMiddleware(app, trusted_hosts=list(settings.TRUSTED_PROXIES)))  # type: ignore[arg-type]
 
 
 # --- Daphne ----------------------------------------------------------------------------------------------
@@ -198,7 +198,8 @@ def install_daphne_body_limit() -> None:
             transport = self.channel.transport
             transport.write(head + body)
             if linger:
-                self._linger = reactor.callLater(LINGER_SECONDS, self._close)
+                # (zope interfaces have no `self`: mypy misreads the reactor's callLater)
+                self._linger = reactor.callLater(LINGER_SECONDS, self._close)  # type: ignore[arg-type]
             else:
                 self._close()
 

@@ -17,7 +17,7 @@ _IDLE_RESULTS = {"0", "None", "False", "[]", "{}"}
 def _periodic_tasks() -> set[str]:
     from django.conf import settings
 
-    return {job["task"] for job in settings.PERIODIC_JOBS.values()}
+    return {str(job["task"]) for job in settings.PERIODIC_JOBS.values()}
 
 
 class QuietPeriodicJobs(logging.Filter):

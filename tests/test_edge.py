@@ -18,6 +18,7 @@ import pytest
 import requests
 from asgiref.testing import ApplicationCommunicator
 from django.core.asgi import get_asgi_application
+from django.urls import path as url_path
 
 from config import edge
 
@@ -314,3 +315,25 @@ def test_the_agent_app_templates_have_no_inline_script_or_style():
         html = page.read_text()
         assert not re.search(r"<script(?![^>]*\bsrc=)(?![^>]*application/json)", html), page.name
         assert not re.search(r"<style\b|\sstyle=|\son[a-z]+=", html), page.name
+
+
+# --- a 500 in production -----------------------------------------------------------------------------------
+
+
+def _boom(request: Any) -> Any:
+    raise RuntimeError("DATABASE_URL=postgres://app:hunter2@db.internal/app")
+
+
+urlpatterns = [url_path("boom", _boom)]
+handler500 = "config.errors.json_server_error"
+
+
+def test_a_500_with_debug_off_says_nothing_of_the_settings(client, settings):
+    """DEBUG unset is off (tests/test_settings.py); off, a 500 is the API's error shape and nothing else."""
+    settings.DEBUG = False
+    settings.ROOT_URLCONF = __name__
+    client.raise_request_exception = False
+    response = client.get("/boom")
+    assert response.status_code == 500
+    assert response.json() == {"error": {"code": "server_error", "detail": "Internal error."}}
+    assert b"hunter2" not in response.content and b"DATABASE" not in response.content
