@@ -417,8 +417,11 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         # Django's own handlers (a console one under DEBUG, mail_admins) go: every record
-        # reaches the root's console once (a 4xx was logged twice, issue 11.12).
+        # reaches the root's console once. A 4xx is in the server's access log already
+        # (Daphne writes one line per request): django.request adds only 5xx, with their
+        # tracebacks (a 4xx was logged two or three times, issue 11.12).
         "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.request": {"level": "ERROR"},
         # Sweeper runs that did nothing drop to DEBUG (config/logs.py).
         "celery.app.trace": {"filters": ["quiet_periodic"]},
         "celery.worker.strategy": {"filters": ["quiet_periodic"]},
