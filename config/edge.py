@@ -197,6 +197,11 @@ def install_daphne_body_limit() -> None:
             )
             transport = self.channel.transport
             transport.write(head + body)
+            # Daphne's access log never sees this request: one line here instead.
+            peer = transport.getPeer()
+            logger.info(
+                "%s: 413 %s, body over %d bytes", getattr(peer, "host", "?"), _request_path(self.channel), self._limit
+            )
             if linger:
                 # (zope interfaces have no `self`: mypy misreads the reactor's callLater)
                 self._linger = reactor.callLater(LINGER_SECONDS, self._close)  # type: ignore[arg-type]

@@ -38,8 +38,7 @@ def embedded_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         CELERY_BROKER_URL="",
         TASK_RUNNER="thread",
         RUN_PERIODIC_IN_PROCESS="false",
-        LOG_LEVEL="WARNING",
-        **extra,
+        **{"LOG_LEVEL": "WARNING", **extra},
     )
 
 
@@ -109,7 +108,7 @@ def test_a_200_mib_unauthenticated_post_gets_a_413_and_costs_the_server_under_64
 
 
 def test_each_path_has_its_own_limit_in_a_real_daphne(tmp_path, settings):
-    with daphne_process(embedded_env(tmp_path), tmp_path / "daphne.log") as (base, _):
+    with daphne_process(embedded_env(tmp_path, LOG_LEVEL="INFO"), tmp_path / "daphne.log") as (base, _):
         bot, stripe, other = (
             settings.BOT_MAX_BODY_BYTES,
             settings.STRIPE_WEBHOOK_MAX_BYTES,
@@ -126,6 +125,8 @@ def test_each_path_has_its_own_limit_in_a_real_daphne(tmp_path, settings):
         # a client that waits for 100 Continue gets the 413 instead, and sends nothing
         assert raw_post(base, "/api/v1/escalations", 200 * MIB, chunked=False, expect_continue=True)[0] == 413
         assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
+    # each refusal is one line of the log (the application, and so the access log, never saw it)
+    assert (tmp_path / "daphne.log").read_text().count("413 /api/v1/escalations") == 3
 
 
 # --- body limits, as ASGI middleware (any server) --------------------------------------------------------
