@@ -6,6 +6,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+# These targets are for a developer's machine: development settings (DEBUG on, a
+# development key, the demo endpoints). Production leaves DEBUG unset, which means off.
+export DEBUG ?= true
 
 .PHONY: install install-dev run test lint pytest migrate demo-escalation worker beat api-docs clean
 

@@ -226,7 +226,7 @@ def coordinator(args: argparse.Namespace) -> None:
         redis_url = stack.enter_context(private_redis(free_port()))
         os.environ["DATABASE_URL"] = prepare_database(server, DB_NAME)
         os.environ["REDIS_URL"] = redis_url
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings_dev")
         os.environ["LOG_LEVEL"] = "WARNING"
         subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, check=True)
         import django
@@ -247,6 +247,7 @@ def coordinator(args: argparse.Namespace) -> None:
             DEBUG="false",
             SECRET_KEY="bench-" + "x" * 40,
             ALLOWED_HOSTS="127.0.0.1,localhost",
+            SECURE_SSL_REDIRECT="false",  # plain HTTP on loopback, no TLS proxy in front
             LOG_LEVEL="WARNING",
         )
         stack.enter_context(celery_worker(env, logs / "worker.log", concurrency=8, queues="celery"))

@@ -274,6 +274,7 @@ def bench_env(**extra: str) -> dict[str, str]:
         DEBUG="false",
         SECRET_KEY="bench-" + "x" * 40,
         ALLOWED_HOSTS="127.0.0.1,localhost",
+        SECURE_SSL_REDIRECT="false",  # plain HTTP on loopback, no TLS proxy in front
         LOG_LEVEL=os.environ.get("BENCH_SERVER_LOG_LEVEL", "WARNING"),
         **extra,
     )
@@ -359,7 +360,7 @@ def coordinator(args: argparse.Namespace) -> None:
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/13")
     os.environ["DATABASE_URL"] = prepare_database(server, "bench_dispatch")
     os.environ["REDIS_URL"] = redis_url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings_dev")
     os.environ["LOG_LEVEL"] = "WARNING"
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, check=True)
 
@@ -564,7 +565,7 @@ def main() -> None:
         low, high = args.handle
         asyncio.run(agents_role(args.base, tokens, lambda: random.uniform(low, high), chat=args.chat))
     elif args.role == "bot":
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings_dev")
         bot_role(args.bases.split(","), args.integration, args.secret, args.rate, args.seconds)
     else:
         coordinator(args)

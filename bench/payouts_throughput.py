@@ -56,7 +56,7 @@ def main() -> None:
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/13")
     os.environ["DATABASE_URL"] = prepare_database(server, "bench_payouts")
     os.environ["REDIS_URL"] = redis_url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings_dev")
     os.environ["LOG_LEVEL"] = "WARNING"
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, check=True)
 
@@ -118,6 +118,7 @@ def main() -> None:
         DEBUG="false",
         SECRET_KEY="bench-" + "x" * 40,
         ALLOWED_HOSTS="127.0.0.1,localhost",
+        SECURE_SSL_REDIRECT="false",  # plain HTTP on loopback, no TLS proxy in front
         LOG_LEVEL="WARNING",
         CALLBACK_MAX_ATTEMPTS="1",
         **stripe_env,

@@ -516,7 +516,7 @@ def main() -> None:
         mu = 1 / args.handle
         asyncio.run(agents_role(args.base, tokens, lambda: rng.expovariate(mu), from_offer=True))
         return
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings_dev")
     if args.role == "bot":
         bot_role(
             args.bases.split(","),

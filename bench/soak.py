@@ -90,7 +90,7 @@ def coordinator(args: argparse.Namespace) -> None:
         redis_url = stack.enter_context(private_redis(free_port()))
         os.environ["DATABASE_URL"] = prepare_database(server, DB_NAME)
         os.environ["REDIS_URL"] = redis_url
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings_dev")
         os.environ["LOG_LEVEL"] = "WARNING"
         subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, check=True)
         import django

@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP through Django, WebSockets through Channels."""
+"""ASGI entry point: HTTP through Django, WebSockets through Channels, both behind config/edge.py."""
 
 import os
 
@@ -10,15 +10,20 @@ django_asgi_app = get_asgi_application()  # before importing anything that touch
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from config import jobs  # noqa: E402
+from config import edge, jobs  # noqa: E402
 from config.routing import websocket_urlpatterns  # noqa: E402
 from dispatch.auth import AgentAuthMiddleware  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": AgentAuthMiddleware(URLRouter(websocket_urlpatterns)),
-    }
+# Daphne imports this module before it listens: from then on it counts request bodies as they arrive.
+edge.install_daphne_body_limit()
+
+application = edge.with_edge(
+    ProtocolTypeRouter(
+        {
+            "http": edge.BodyLimitMiddleware(django_asgi_app),
+            "websocket": AgentAuthMiddleware(URLRouter(websocket_urlpatterns)),
+        }
+    )
 )
 
 if settings.RUN_PERIODIC_IN_PROCESS:

@@ -56,7 +56,8 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
-DEBUG = env_bool("DEBUG", True)
+# Production fails closed: DEBUG is on only when asked for (`make run`, config.settings_dev).
+DEBUG = env_bool("DEBUG", False)
 
 SECRET_KEY = env_str("SECRET_KEY")
 if not SECRET_KEY:
@@ -98,6 +99,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -258,10 +260,40 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = DEBUG
 
-if not DEBUG:
-    SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", True)
-    CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", True)
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# --- Edge: HTTPS, proxies, body limits, CSP (issue 11.5 and 11.8) --------------
+# Production defaults are the safe ones; `make run` and the tests turn them off with DEBUG.
+SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+# A load balancer's plain-HTTP health checks get an answer, not a redirect.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
+# X-Forwarded-For and X-Forwarded-Proto are believed only from these addresses or
+# networks (config/edge.py), and only they set the request's client and scheme:
+# there is no SECURE_PROXY_SSL_HEADER, which would believe anyone.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
+# Bodies past their path's limit are refused before they are read (config/edge.py):
+# the bot API, Stripe's webhook, and everything else (REQUEST_MAX_BODY_BYTES).
+REQUEST_MAX_BODY_BYTES = env_int("REQUEST_MAX_BODY_BYTES", 2_621_440)
+# The agent app's policy (django-csp): its scripts and styles are static files, never inline.
+CONTENT_SECURITY_POLICY = {
+    "EXCLUDE_URL_PREFIXES": ["/admin/", "/api/docs/"],
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "manifest-src": ["'self'"],
+        "worker-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
 
 # --- REST framework and OpenAPI ------------------------------------------------
 REST_FRAMEWORK = {
@@ -325,7 +357,7 @@ BOT_SIGNATURE_TOLERANCE_SECONDS = env_int("BOT_SIGNATURE_TOLERANCE_SECONDS", 300
 BOT_MAX_BODY_BYTES = env_int("BOT_MAX_BODY_BYTES", 256 * 1024)
 BOT_RATE_LIMIT_PER_MINUTE = env_int("BOT_RATE_LIMIT_PER_MINUTE", 1200)
 SECRET_ROTATION_OVERLAP_SECONDS = env_int("SECRET_ROTATION_OVERLAP_SECONDS", 86_400)
-DATA_UPLOAD_MAX_MEMORY_SIZE = max(BOT_MAX_BODY_BYTES, 2_621_440)
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(BOT_MAX_BODY_BYTES, REQUEST_MAX_BODY_BYTES)
 
 # Callbacks to bots
 CALLBACK_TIMEOUT_SECONDS = env_float("CALLBACK_TIMEOUT_SECONDS", 10)
@@ -379,9 +411,22 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {"quiet_periodic": {"()": "config.logs.QuietPeriodicJobs"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # Django's own handlers (a console one under DEBUG, mail_admins) go: every record
+        # reaches the root's console once. A 4xx is in the server's access log already
+        # (Daphne writes one line per request): django.request adds only 5xx, with their
+        # tracebacks (a 4xx was logged two or three times, issue 11.12).
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.request": {"level": "ERROR"},
+        # Sweeper runs that did nothing drop to DEBUG (config/logs.py).
+        "celery.app.trace": {"filters": ["quiet_periodic"]},
+        "celery.worker.strategy": {"filters": ["quiet_periodic"]},
+        "celery.beat": {"filters": ["quiet_periodic"]},
+    },
 }
 
 # A stand-in bot endpoint for the demo (marketplace/demo.py).

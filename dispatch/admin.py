@@ -166,6 +166,8 @@ class LiveConversationAdmin(ConversationAdmin):
         return JsonResponse(asdict(ops.operations_snapshot()))
 
     def live_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_view_permission(request):  # as the operations pages: staff alone is not enough
+            raise PermissionDenied
         now = timezone.now()
         waiting = list(
             Conversation.objects.filter(status__in=Conversation.WAITING)

@@ -8,14 +8,14 @@ own hosts (cross-site WebSocket hijacking).
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs
 
 from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
-from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
-from django.http.request import validate_host
 from rest_framework.authtoken.models import Token
+
+from config import edge
 
 
 @database_sync_to_async
@@ -27,11 +27,7 @@ def _user_for_token(key: str) -> Any:
 
 
 def _same_site(scope: dict[str, Any]) -> bool:
-    origin = dict(scope.get("headers", [])).get(b"origin")
-    if not origin:
-        return False
-    host = urlparse(origin.decode("latin1")).hostname or ""
-    return validate_host(host, settings.ALLOWED_HOSTS)
+    return edge.same_origin(scope)  # scheme, host and port
 
 
 class AgentAuthMiddleware:

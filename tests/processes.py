@@ -52,6 +52,8 @@ def service_env(**extra: str) -> dict[str, str]:
         DATABASE_URL=url,
         REDIS_URL=settings.REDIS_URL,
         DJANGO_SETTINGS_MODULE="config.settings",
+        # Development settings unless the caller asks for production (DEBUG unset means off).
+        DEBUG="true",
         TASK_RUNNER="celery",
         PYTHONUNBUFFERED="1",
     )

@@ -61,8 +61,12 @@ def phone(browser: Any, server: str) -> Iterator[Any]:
     context.grant_permissions(["notifications"], origin=server)
     page = context.new_page()
     page.set_default_timeout(15_000)
+    # The app runs under its Content-Security-Policy: anything it blocks fails the test.
+    blocked: list[str] = []
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
     yield page
     context.close()
+    assert blocked == [], blocked
 
 
 def screenshot(page: Any, name: str) -> None:

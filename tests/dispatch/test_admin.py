@@ -85,3 +85,18 @@ def test_force_offline_action(admin_client, assigned):
     agent.refresh_from_db()
     conversation.refresh_from_db()
     assert agent.status == "offline" and conversation.status == "queued"
+
+
+def test_the_live_page_needs_the_same_permission_as_the_operations_pages(client):
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+
+    # given: staff without the permission to view conversations
+    staff = get_user_model().objects.create_user("staff-live", password="staff-pass-123", is_staff=True)
+    client.force_login(staff)
+    # then: the live page is refused, as the operations page is
+    assert client.get(reverse("admin:dispatch_operations")).status_code == 403
+    assert client.get(reverse("admin:dispatch_live")).status_code == 403
+
+    staff.user_permissions.add(Permission.objects.get(codename="view_conversation"))
+    assert client.get(reverse("admin:dispatch_live")).status_code == 200

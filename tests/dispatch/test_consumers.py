@@ -62,13 +62,20 @@ async def test_session_cookie_works_only_from_our_own_origin(make_agent, client)
     await sync_to_async(client.force_login)(await sync_to_async(lambda: agent.user)())
     cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
 
-    connected, _, socket = await connect("/ws/agent/", [(b"cookie", cookie), (b"origin", b"http://localhost")])
+    ours = [(b"cookie", cookie), (b"host", b"localhost"), (b"origin", b"http://localhost")]
+    connected, _, socket = await connect("/ws/agent/", ours)
     assert connected
     assert (await socket.expect("hello"))["agent"]["id"] == agent.pk
     await socket.close()
 
     connected, code, _ = await connect("/ws/agent/", [(b"cookie", cookie), (b"origin", b"https://evil.example")])
     assert (connected, code) == (False, 4401)
+
+    # our host on another port or scheme is another origin (issue 11.8)
+    for origin in (b"http://localhost:8001", b"https://localhost"):
+        other = [(b"cookie", cookie), (b"host", b"localhost"), (b"origin", origin)]
+        connected, code, _ = await connect("/ws/agent/", other)
+        assert (connected, code) == (False, 4401)
 
 
 async def test_a_whole_conversation_over_the_socket(make_agent, online_socket, async_bot):
