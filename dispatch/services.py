@@ -607,8 +607,11 @@ def conversation_reopen(*, conversation_id: str, actor: str, reason: str) -> Con
 # --- presence ---------------------------------------------------------------------------
 
 
-def agent_set_status(*, agent_id: str, status: str, actor: str) -> Agent:
-    """online / away / offline, chosen by the agent (on any of its devices) or an admin."""
+def agent_set_status(*, agent_id: str, status: str, actor: str, reason: str = "") -> Agent:
+    """online / away / offline, chosen by the agent (on any of its devices) or an admin.
+
+    `reason`, when the agent did not choose it (e.g. `operator`), goes to the app with the status.
+    """
     with transaction.atomic():
         agent = Agent.objects.select_for_update().get(pk=agent_id)
         if status == Agent.Status.ONLINE and agent.approval != Agent.Approval.APPROVED:
@@ -626,7 +629,9 @@ def agent_set_status(*, agent_id: str, status: str, actor: str) -> Agent:
             agent.status = status
             agent.status_changed_at = now
             agent.save(update_fields=["status", "status_changed_at", "consecutive_misses", "idle_since"])
-        events.send_on_commit(agent.pk, {"type": "presence", "status": agent.status})
+        events.send_on_commit(
+            agent.pk, {"type": "presence", "status": agent.status, **({"reason": reason} if reason else {})}
+        )
         if status == Agent.Status.ONLINE:
             jobs.enqueue_on_commit(tasks.dispatch_agent, agent.pk)
     if status != Agent.Status.ONLINE:
@@ -645,7 +650,7 @@ def agent_release_work(*, agent_id: str, reason: str) -> int:
 
 def agent_force_offline(*, agent_id: str, actor: str) -> Agent:
     """Admin: take the agent offline now and pass its work on."""
-    agent = agent_set_status(agent_id=agent_id, status=Agent.Status.OFFLINE, actor=actor)
+    agent = agent_set_status(agent_id=agent_id, status=Agent.Status.OFFLINE, actor=actor, reason="operator")
     agent_release_work(agent_id=agent_id, reason="agent_offline")
     return agent
 
