@@ -254,7 +254,7 @@ def held_transfers_by_reason() -> dict[str, int]:
     return {row["hold_reason"]: row["n"] for row in rows}
 
 
-_HOLD_LABELS = {
+_HOLD_LABELS: dict[str, str] = {
     Transfer.Hold.STRIPE_NOT_CONFIGURED: "Stripe not configured",
     Transfer.Hold.NO_ACCOUNT: "no Stripe account",
     Transfer.Hold.ACCOUNT_NOT_READY: "account not ready",
