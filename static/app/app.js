@@ -237,6 +237,7 @@ function onHello(hello) {
   state.agentId = hello.agent.id;
   $("#agent-name").textContent = hello.agent.display_name;
   setStatus(hello.status);
+  explainPresence(hello.status, hello.status_reason, { quiet: true }); // e.g. released while disconnected
   state.conversations = new Map();
   for (const conversation of hello.active_conversations) upsertConversation(conversation);
   if (!state.selected || !state.conversations.has(state.selected)) state.selected = hello.active_conversations[0]?.id || null;
@@ -294,7 +295,7 @@ const PRESENCE_REASONS = {
   not_approved: "Your account is not approved to take conversations, so you are Offline. Contact support.",
 };
 
-function explainPresence(status, reason) {
+function explainPresence(status, reason, { quiet = false } = {}) {
   const note = $("#presence-note");
   if (!reason) {
     note.hidden = true; // the agent chose it (here or on another device)
@@ -303,7 +304,7 @@ function explainPresence(status, reason) {
   const text = PRESENCE_REASONS[reason] || `Your status was set to ${status} (${reason.replaceAll("_", " ")}).`;
   note.textContent = text;
   note.hidden = false;
-  toast(text);
+  if (!quiet) toast(text);
 }
 
 for (const button of $$(".segmented button")) {

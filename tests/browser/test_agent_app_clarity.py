@@ -194,6 +194,11 @@ def test_an_automatic_away_says_why_and_a_held_earning_says_until_when(
     expect(note).to_be_visible()
     expect(note).to_contain_text("missed")
     screenshot(page, "10-away-reason")
+    page.reload()  # `hello` carries the reason too (status_reason): a reload or reconnect still says why
+    expect(page.locator('body[data-connected="true"]')).to_have_count(1)
+    expect(page.locator("#status-chip")).to_have_text("Away")
+    expect(note).to_be_visible()
+    expect(note).to_contain_text("missed")
     # Going online again by hand clears it.
     page.get_by_role("radio", name="Online").click()
     expect(page.locator("#status-chip")).to_have_text("Online")
