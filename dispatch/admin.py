@@ -16,6 +16,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 
+from config.display import format_money, format_when
 from config.errors import ApiError
 from marketplace.admin import AgentAdmin, ConversationAdmin, ReadOnlyAdmin
 from marketplace.models import Agent, Conversation
@@ -28,11 +29,23 @@ REFRESH_SECONDS = 5
 
 @admin.register(Offer)
 class OfferAdmin(ReadOnlyAdmin):
-    list_display = ("id", "conversation", "agent", "state", "pay_amount", "pay_currency", "created_at", "expires_at")
+    list_display = ("id", "conversation_id", "agent_name", "state", "pay", "created")
     list_filter = ("state", "conversation__language", "conversation__priority")
     search_fields = ("id", "conversation__id", "conversation__external_id", "agent__display_name", "agent__id")
     list_select_related = ("conversation", "agent")
     date_hierarchy = "created_at"
+
+    @admin.display(description="Agent", ordering="agent__display_name")
+    def agent_name(self, offer: Offer) -> str:
+        return offer.agent.display_name
+
+    @admin.display(description="Pay", ordering="pay_amount")
+    def pay(self, offer: Offer) -> str:
+        return format_money(offer.pay_amount, offer.pay_currency)
+
+    @admin.display(description="Created", ordering="created_at")
+    def created(self, offer: Offer) -> str:
+        return format_when(offer.created_at)
 
 
 @admin.register(DispatchWeights)
@@ -96,7 +109,7 @@ class LiveConversationAdmin(ConversationAdmin):
     def requeue_front(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:
         actor = f"admin:{request.user}"
         done = sum(
-            _run(request, c.pk, services.conversation_requeue, conversation_id=c.pk, actor=actor, reason="admin")
+            _run(request, c.pk, services.conversation_requeue, conversation_id=c.pk, actor=actor, reason="requeued")
             for c in queryset
         )
         self.message_user(request, f"Re-queued {done} conversation(s).", messages.SUCCESS)

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -113,6 +114,41 @@ def conversation_payload(conversation: Conversation) -> dict[str, Any]:
     }
 
 
+# Why the server (not the agent) last set the status, kept for `hello`: the app that reconnects after
+# `disconnected` (the agent had no socket then) still learns why it is offline. Informational only:
+# the status itself lives on the agent row.
+STATUS_REASON_TTL_SECONDS = 24 * 3600
+
+
+def _status_reason_key(agent_id: str) -> str:
+    return f"dispatch.status_reason.{agent_id}"
+
+
+def _presence_on_commit(agent_id: str, status: str, reason: str = "") -> None:
+    """Tell the agent's devices the status now in force, with the reason when the agent did not choose it."""
+
+    def remember() -> None:
+        try:
+            if reason:
+                cache.set(_status_reason_key(agent_id), reason, STATUS_REASON_TTL_SECONDS)
+            else:
+                cache.delete(_status_reason_key(agent_id))
+        except Exception:  # the cache is a convenience; the status was saved and is sent regardless
+            logger.warning("could not remember the status reason of %s", agent_id, exc_info=True)
+
+    transaction.on_commit(remember, robust=True)
+    events.send_on_commit(agent_id, {"type": "presence", "status": status, **({"reason": reason} if reason else {})})
+
+
+def _status_reason(agent_id: str) -> str | None:
+    try:
+        reason = cache.get(_status_reason_key(agent_id))
+    except Exception:
+        logger.warning("could not read the status reason of %s", agent_id, exc_info=True)
+        return None
+    return reason if isinstance(reason, str) else None
+
+
 def hello_payload(agent_id: str) -> dict[str, Any]:
     agent = Agent.objects.get(pk=agent_id)
     offer = selectors.pending_offer(agent_id)
@@ -128,6 +164,7 @@ def hello_payload(agent_id: str) -> dict[str, Any]:
         },
         "payouts": payout_selectors.account_status(agent),
         "status": agent.status,
+        "status_reason": None if agent.status == Agent.Status.ONLINE else _status_reason(agent.pk),
         "active_conversations": [conversation_payload(c) for c in selectors.active_conversations(agent_id)],
         "pending_offer": offer_payload(offer) if offer is not None else None,
     }
@@ -304,9 +341,7 @@ def offer_expire(*, offer_id: str) -> bool:
             agent.status = Agent.Status.AWAY
             agent.status_changed_at = timezone.now()
             fields += ["status", "status_changed_at"]
-            events.send_on_commit(
-                agent.pk, {"type": "presence", "status": Agent.Status.AWAY, "reason": "missed_offers"}
-            )
+            _presence_on_commit(agent.pk, Agent.Status.AWAY, "missed_offers")
         agent.save(update_fields=fields)
         _back_to_queue(conversation, "system", {"offer_id": offer.id, "expired": True})
         if agent.status == Agent.Status.ONLINE:
@@ -607,8 +642,11 @@ def conversation_reopen(*, conversation_id: str, actor: str, reason: str) -> Con
 # --- presence ---------------------------------------------------------------------------
 
 
-def agent_set_status(*, agent_id: str, status: str, actor: str) -> Agent:
-    """online / away / offline, chosen by the agent (on any of its devices) or an admin."""
+def agent_set_status(*, agent_id: str, status: str, actor: str, reason: str = "") -> Agent:
+    """online / away / offline, chosen by the agent (on any of its devices) or an admin.
+
+    `reason`, when the agent did not choose it (e.g. `operator`), goes to the app with the status.
+    """
     with transaction.atomic():
         agent = Agent.objects.select_for_update().get(pk=agent_id)
         if status == Agent.Status.ONLINE and agent.approval != Agent.Approval.APPROVED:
@@ -626,7 +664,7 @@ def agent_set_status(*, agent_id: str, status: str, actor: str) -> Agent:
             agent.status = status
             agent.status_changed_at = now
             agent.save(update_fields=["status", "status_changed_at", "consecutive_misses", "idle_since"])
-        events.send_on_commit(agent.pk, {"type": "presence", "status": agent.status})
+        _presence_on_commit(agent.pk, agent.status, reason)
         if status == Agent.Status.ONLINE:
             jobs.enqueue_on_commit(tasks.dispatch_agent, agent.pk)
     if status != Agent.Status.ONLINE:
@@ -645,7 +683,7 @@ def agent_release_work(*, agent_id: str, reason: str) -> int:
 
 def agent_force_offline(*, agent_id: str, actor: str) -> Agent:
     """Admin: take the agent offline now and pass its work on."""
-    agent = agent_set_status(agent_id=agent_id, status=Agent.Status.OFFLINE, actor=actor)
+    agent = agent_set_status(agent_id=agent_id, status=Agent.Status.OFFLINE, actor=actor, reason="operator")
     agent_release_work(agent_id=agent_id, reason="agent_offline")
     return agent
 
@@ -694,7 +732,7 @@ def presence_release_if_gone(*, agent_id: str) -> bool:
         agent.status = Agent.Status.OFFLINE
         agent.status_changed_at = timezone.now()
         agent.save(update_fields=["disconnected_at", "status", "status_changed_at"])
-        events.send_on_commit(agent.pk, {"type": "presence", "status": Agent.Status.OFFLINE, "reason": "disconnected"})
+        _presence_on_commit(agent.pk, Agent.Status.OFFLINE, "disconnected")
     moved = agent_release_work(agent_id=agent_id, reason="agent_disconnected")
     logger.info("%s gone past the grace period (was %s): offline, %s conversation(s) re-queued", agent_id, was, moved)
     return True

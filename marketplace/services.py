@@ -216,7 +216,14 @@ def conversation_cancel(*, conversation_id: str, actor: str, reason: str = "cust
         dispatch_services.assignment_end(conversation_id=conversation.id, reason="cancelled")
         agent_release_slot(agent_id)
         agent_events.send_on_commit(
-            agent_id, {"type": "conversation.closed", "conversation_id": conversation.id, "reason": "cancelled"}
+            agent_id,
+            # `detail`: why it was cancelled (customer_left, abandoned, admin): the app tells an operator's apart.
+            {
+                "type": "conversation.closed",
+                "conversation_id": conversation.id,
+                "reason": "cancelled",
+                "detail": reason,
+            },
         )
     callbacks.callback_enqueue(conversation=conversation, type="conversation.cancelled", data={"reason": reason})
     return conversation
@@ -268,7 +275,8 @@ def agent_set_approval(*, agent_id: str, approval: str, actor: str) -> Agent:
         agent.status = Agent.Status.OFFLINE
         agent.status_changed_at = timezone.now()
         fields += ["status", "status_changed_at"]
-        agent_events.send_on_commit(agent.pk, {"type": "presence", "status": Agent.Status.OFFLINE})
+        reason = "suspended" if approval == Agent.Approval.SUSPENDED else "not_approved"
+        agent_events.send_on_commit(agent.pk, {"type": "presence", "status": Agent.Status.OFFLINE, "reason": reason})
     agent.save(update_fields=fields)
     return agent
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from config.display import format_money, format_when
 from config.errors import ApiError
 from marketplace.admin import ReadOnlyAdmin, ReadOnlyInline
 
-from . import services
+from . import selectors, services
 from .models import (
     ConnectedAccount,
     Earning,
@@ -35,12 +37,26 @@ def _run(request: HttpRequest, what: str, fn: Any, **kwargs: Any) -> bool:
         return False
 
 
+def _agent_name(obj: Any) -> str:
+    return obj.agent.display_name
+
+
+class TransferInline(ReadOnlyInline):
+    model = Transfer
+    fields = ("id", "state", "amount", "hold_reason", "stripe_transfer_id", "last_error")
+    readonly_fields = fields
+
+
 @admin.register(PayRule)
 class PayRuleAdmin(admin.ModelAdmin):
-    list_display = ("topic", "priority", "language", "amount", "active", "updated_at")
+    list_display = ("topic", "priority", "language", "amount", "money", "active", "updated_at")
     list_editable = ("amount", "active")
     list_filter = ("active", "priority", "language")
     search_fields = ("topic",)
+
+    @admin.display(description="As money")
+    def money(self, rule: PayRule) -> str:
+        return format_money(rule.amount, settings.PLATFORM_CURRENCY)
 
 
 @admin.register(PayPolicy)
@@ -74,21 +90,33 @@ class ConnectedAccountAdmin(ReadOnlyAdmin):
         self.message_user(request, f"Refreshed {done} account(s).", messages.SUCCESS)
 
 
-class TransferInline(ReadOnlyInline):
-    model = Transfer
-    fields = ("id", "state", "amount", "hold_reason", "stripe_transfer_id", "last_error")
-    readonly_fields = fields
-
-
 @admin.register(Earning)
 class EarningAdmin(ReadOnlyAdmin):
-    list_display = ("id", "agent", "kind", "amount", "currency", "state", "conversation", "payable_at", "created_at")
+    list_display = ("id", "agent_name", "kind", "money", "status", "conversation_id", "created")
     list_filter = ("state", "kind", "currency")
     search_fields = ("id", "agent__display_name", "agent__id", "conversation__id")
     list_select_related = ("agent", "conversation")
     date_hierarchy = "created_at"
     inlines = (TransferInline,)
     actions = ("dispute",)
+
+    @admin.display(description="Agent", ordering="agent__display_name")
+    def agent_name(self, earning: Earning) -> str:
+        return _agent_name(earning)
+
+    @admin.display(description="Amount", ordering="amount")
+    def money(self, earning: Earning) -> str:
+        return format_money(earning.amount, earning.currency)
+
+    @admin.display(description="State", ordering="state")
+    def status(self, earning: Earning) -> str:
+        if earning.state == Earning.State.HELD:
+            return f"Held until {format_when(earning.payable_at)}"
+        return Earning.State(earning.state).label
+
+    @admin.display(description="Created", ordering="created_at")
+    def created(self, earning: Earning) -> str:
+        return format_when(earning.created_at)
 
     @admin.action(description="Dispute (withhold inside the hold, claw back after)")
     def dispute(self, request: HttpRequest, queryset: QuerySet[Earning]) -> None:
@@ -102,23 +130,28 @@ class EarningAdmin(ReadOnlyAdmin):
 
 @admin.register(Transfer)
 class TransferAdmin(ReadOnlyAdmin):
-    list_display = (
-        "id",
-        "agent",
-        "amount",
-        "currency",
-        "state",
-        "hold_reason",
-        "stripe_transfer_id",
-        "attempts",
-        "created_at",
-        "paid_at",
-    )
+    list_display = ("id", "agent_name", "money", "status", "stripe_transfer_id", "attempts", "created")
     list_filter = ("state", "hold_reason", "currency")
     search_fields = ("id", "stripe_transfer_id", "destination", "agent__display_name", "earning__id")
-    list_select_related = ("agent",)
+    list_select_related = ("agent", "earning")
     date_hierarchy = "created_at"
     actions = ("retry", "dispute")
+
+    @admin.display(description="Agent", ordering="agent__display_name")
+    def agent_name(self, transfer: Transfer) -> str:
+        return _agent_name(transfer)
+
+    @admin.display(description="Amount", ordering="amount")
+    def money(self, transfer: Transfer) -> str:
+        return format_money(transfer.amount, transfer.currency)
+
+    @admin.display(description="State", ordering="state")
+    def status(self, transfer: Transfer) -> str:
+        return selectors.transfer_state_label(transfer)
+
+    @admin.display(description="Created", ordering="created_at")
+    def created(self, transfer: Transfer) -> str:
+        return format_when(transfer.created_at)
 
     @admin.action(description="Retry (failed or held transfers)")
     def retry(self, request: HttpRequest, queryset: QuerySet[Transfer]) -> None:
@@ -145,10 +178,14 @@ class TransferAdmin(ReadOnlyAdmin):
 
 @admin.register(Reversal)
 class ReversalAdmin(ReadOnlyAdmin):
-    list_display = ("id", "transfer", "amount", "currency", "state", "stripe_reversal_id", "last_error", "created_at")
+    list_display = ("id", "transfer_id", "money", "state", "stripe_reversal_id", "last_error", "created_at")
     list_filter = ("state", "currency")
     search_fields = ("id", "transfer__id", "stripe_reversal_id", "earning__id", "transfer__agent__display_name")
     date_hierarchy = "created_at"
+
+    @admin.display(description="Amount", ordering="amount")
+    def money(self, reversal: Reversal) -> str:
+        return format_money(reversal.amount, reversal.currency)
 
 
 class LedgerLineInline(ReadOnlyInline):
@@ -168,10 +205,14 @@ class JournalAdmin(ReadOnlyAdmin):
 
 @admin.register(LedgerLine)
 class LedgerLineAdmin(ReadOnlyAdmin):
-    list_display = ("journal", "account", "amount", "currency")
+    list_display = ("journal", "account", "money")
     list_filter = ("currency",)
     search_fields = ("account", "journal__key")
     list_select_related = ("journal",)
+
+    @admin.display(description="Amount (debit +, credit -)", ordering="amount")
+    def money(self, line: LedgerLine) -> str:
+        return format_money(line.amount, line.currency)
 
 
 @admin.register(StripeEvent)
@@ -184,6 +225,10 @@ class StripeEventAdmin(ReadOnlyAdmin):
 
 @admin.register(Payout)
 class PayoutAdmin(ReadOnlyAdmin):
-    list_display = ("stripe_payout_id", "account", "amount", "currency", "status", "arrival_date")
+    list_display = ("stripe_payout_id", "account", "money", "status", "arrival_date")
     list_filter = ("status", "currency")
     search_fields = ("stripe_payout_id", "account__stripe_account_id", "account__agent__display_name")
+
+    @admin.display(description="Amount", ordering="amount")
+    def money(self, payout: Payout) -> str:
+        return format_money(payout.amount, payout.currency)

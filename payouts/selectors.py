@@ -107,7 +107,7 @@ def earnings_summary(
     owed_back = LedgerLine.objects.filter(account=f"agent:{agent.pk}:receivable", currency=currency).aggregate(
         total=Sum("amount")
     )["total"]
-    page = earnings.select_related("transfer").order_by("-created_at", "-id")
+    page = earnings.select_related("transfer", "conversation").order_by("-created_at", "-id")
     if before is not None and before_id:
         page = page.filter(Q(created_at__lt=before) | Q(created_at=before, id__lt=before_id))
     elif before is not None:
@@ -127,12 +127,78 @@ def earnings_summary(
     }
 
 
+# Why a transfer that is not sent yet waits, in the agent's words (Transfer.hold_reason -> code, sentence).
+_HOLD_WAITING: dict[str, tuple[str, str]] = {
+    Transfer.Hold.STRIPE_NOT_CONFIGURED: (
+        "payouts_not_set_up",
+        "Payouts are not set up on this platform yet; it is sent once they are.",
+    ),
+    Transfer.Hold.NO_ACCOUNT: ("onboarding", "Waiting for you to set up payouts (Payouts tab)."),
+    Transfer.Hold.ACCOUNT_NOT_READY: ("onboarding", "Waiting for Stripe to enable transfers to your account."),
+    Transfer.Hold.BALANCE_INSUFFICIENT: (
+        "platform_balance",
+        "Waiting for the platform's Stripe balance; it is sent when funds arrive.",
+    ),
+    Transfer.Hold.RETRYING: ("retrying", "Stripe could not be reached; it is tried again."),
+}
+
+
+def earning_waiting(earning: Earning) -> dict[str, Any] | None:
+    """Why the earning's money has not reached the agent yet, or None when it has (or never will by transfer).
+
+    `reason` is a stable code, `detail` a sentence for the agent, `until` when the wait ends if known.
+    """
+    transfer = getattr(earning, "transfer", None)
+    if earning.state == Earning.State.HELD:
+        return {
+            "reason": "on_hold",
+            "detail": "On hold while the customer may still dispute the resolution.",
+            "until": earning.payable_at,
+        }
+    if earning.state == Earning.State.DISPUTED:
+        why = earning.dispute_reason or "the resolution was disputed"
+        return {"reason": "disputed", "detail": f"Disputed: {why}. Not paid.", "until": None}
+    if transfer is None:
+        if earning.offset_amount:
+            return {"reason": "offset", "detail": "Kept back against money you owe.", "until": None}
+        return None
+    if transfer.state == Transfer.State.PENDING:
+        reason, detail = _HOLD_WAITING.get(transfer.hold_reason, ("queued", "Queued to be sent to Stripe."))
+        until = transfer.next_attempt_at if transfer.hold_reason == Transfer.Hold.RETRYING else None
+        return {"reason": reason, "detail": detail, "until": until}
+    if transfer.state == Transfer.State.SUBMITTED:
+        return {
+            "reason": "in_flight",
+            "detail": "Transfer in flight: sent to Stripe, waiting for its answer.",
+            "until": None,
+        }
+    if transfer.state == Transfer.State.FAILED:
+        return {"reason": "failed", "detail": "Stripe refused the transfer; support will send it again.", "until": None}
+    return None
+
+
+def _conversation_ref(earning: Earning) -> dict[str, Any] | None:
+    conversation = earning.conversation
+    if conversation is None:
+        return None
+    customer = conversation.customer if isinstance(conversation.customer, dict) else {}
+    name = customer.get("name")
+    return {
+        "id": conversation.id,
+        "customer_name": name if isinstance(name, str) and name else None,
+        "topic": conversation.topic or None,
+        "summary": conversation.summary[:200] or None,
+    }
+
+
 def earning_item(earning: Earning) -> dict[str, Any]:
     transfer = getattr(earning, "transfer", None)
     return {
         "id": earning.id,
         "kind": earning.kind,
         "conversation_id": earning.conversation_id,
+        "conversation": _conversation_ref(earning),
+        "waiting": earning_waiting(earning),
         "week_start": earning.week_start,
         "amount": earning.amount,
         "currency": earning.currency,
@@ -186,3 +252,37 @@ def held_transfers_by_reason() -> dict[str, int]:
     """Pending transfers that wait on something (no account, no balance, ...), counted by what."""
     rows = held_transfers().values("hold_reason").annotate(n=Count("pk")).order_by("hold_reason")
     return {row["hold_reason"]: row["n"] for row in rows}
+
+
+_HOLD_LABELS: dict[str, str] = {
+    Transfer.Hold.STRIPE_NOT_CONFIGURED: "Stripe not configured",
+    Transfer.Hold.NO_ACCOUNT: "no Stripe account",
+    Transfer.Hold.ACCOUNT_NOT_READY: "account not ready",
+    Transfer.Hold.BALANCE_INSUFFICIENT: "platform balance low",
+    Transfer.Hold.RETRYING: "retrying",
+}
+
+
+def transfer_state_label(transfer: Transfer) -> str:
+    """The transfer's state for people: a dispute's cancellation or clawback is not a Stripe failure.
+
+    A dispute cancels an unsent transfer by setting it `failed` (it will never be sent);
+    read together with its earning, that is "Cancelled (disputed)", not "Failed".
+    """
+    disputed = transfer.earning.state == Earning.State.DISPUTED
+    state = transfer.state
+    if disputed:
+        if state == Transfer.State.FAILED:
+            return "Cancelled (disputed)"
+        if state == Transfer.State.PAID:
+            if transfer.amount_reversed >= transfer.amount:
+                return "Paid, clawed back (disputed)"
+            return "Paid, clawback pending (disputed)"
+        if state == Transfer.State.SUBMITTED:
+            return "Sent, clawback pending (disputed)"
+        return "Cancelling (disputed)"
+    if state == Transfer.State.PENDING and transfer.hold_reason:
+        return f"Held: {_HOLD_LABELS.get(transfer.hold_reason, transfer.hold_reason)}"
+    if state == Transfer.State.PAID and transfer.amount_reversed:
+        return "Paid, partly reversed"
+    return Transfer.State(state).label

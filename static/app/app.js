@@ -15,6 +15,8 @@ const state = {
   offer: null,
   ws: null,
   connected: false,
+  everConnected: false, // a `hello` came at least once: a drop now is a REconnect
+  blocked: false, // closed with 4403: reconnecting would not help
   retry: 0,
   retryTimer: null,
   currency: "usd",
@@ -76,6 +78,15 @@ function money(amount, currency = state.currency) {
   return format.format(amount / 10 ** digits);
 }
 
+function clock(at) {
+  // A message's or an event's time, as the phone shows times: "14:05" (with the date when not today).
+  const date = new Date(at);
+  if (Number.isNaN(date.getTime())) return "";
+  const time = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  if (date.toDateString() === new Date().toDateString()) return time;
+  return `${date.toLocaleDateString([], { month: "short", day: "numeric" })} ${time}`;
+}
+
 function toast(text) {
   const node = document.createElement("div");
   node.className = "toast";
@@ -122,13 +133,19 @@ function connect() {
   clearTimeout(state.retryTimer);
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const ws = new WebSocket(`${scheme}://${location.host}/ws/agent/`);
+  const previous = state.ws;
   state.ws = ws;
+  // A socket the browser has not closed yet (it went offline and back) would deliver every
+  // message a second time: only the newest socket is heard.
+  if (previous && previous.readyState <= WebSocket.OPEN) previous.close(4000, "replaced");
   ws.addEventListener("open", () => {
     state.connected = true;
     state.retry = 0;
     $("#offline").hidden = true;
+    renderChip();
   });
   ws.addEventListener("message", (event) => {
+    if (state.ws !== ws) return;
     try {
       handle(JSON.parse(event.data));
     } catch (error) {
@@ -139,6 +156,7 @@ function connect() {
     if (state.ws !== ws) return;
     state.connected = false;
     document.body.dataset.connected = "false";
+    renderChip();
     if (event.code === 4401) {
       window.location.assign("/app/login"); // the session ended
       return;
@@ -147,6 +165,8 @@ function connect() {
       // Suspended (or not an agent): reconnecting would not help; say so and stop.
       $("#offline-text").textContent = "Your account cannot take conversations right now. Contact support.";
       $("#offline").hidden = false;
+      state.blocked = true;
+      renderChip();
       return;
     }
     // Reconnect with exponential backoff and full jitter (0.5 s .. 30 s).
@@ -178,9 +198,14 @@ function handle(message) {
     case "hello":
       return onHello(message);
     case "presence":
-      return setStatus(message.status);
+      setStatus(message.status);
+      return explainPresence(message.status, message.reason);
     case "offer":
       return showOffer(message);
+    case "offer.declined":
+      if (state.offer && state.offer.offer_id === message.offer_id) hideOffer();
+      toast("Offer declined. It goes to another agent.");
+      return;
     case "offer.revoked":
       if (state.offer && state.offer.offer_id === message.offer_id) {
         hideOffer();
@@ -198,7 +223,7 @@ function handle(message) {
     case "message":
       return onMessage(message.conversation_id, message.message);
     case "conversation.closed":
-      return onClosed(message.conversation_id, message.reason);
+      return onClosed(message.conversation_id, message.reason, message.detail);
     case "error":
       return onError(message);
     default:
@@ -208,9 +233,11 @@ function handle(message) {
 
 function onHello(hello) {
   document.body.dataset.connected = "true"; // the state below is the server's (tests wait for this)
+  state.everConnected = true;
   state.agentId = hello.agent.id;
   $("#agent-name").textContent = hello.agent.display_name;
   setStatus(hello.status);
+  explainPresence(hello.status, hello.status_reason, { quiet: true }); // e.g. released while disconnected
   state.conversations = new Map();
   for (const conversation of hello.active_conversations) upsertConversation(conversation);
   if (!state.selected || !state.conversations.has(state.selected)) state.selected = hello.active_conversations[0]?.id || null;
@@ -239,11 +266,45 @@ function onError(error) {
 
 function setStatus(status) {
   state.status = status;
-  const chip = $("#status-chip");
-  chip.dataset.status = status;
-  chip.textContent = status[0].toUpperCase() + status.slice(1);
+  renderChip();
   for (const button of $$(".segmented button")) button.setAttribute("aria-checked", String(button.dataset.status === status));
   if (status === "online") $("#presence-error").hidden = true;
+  // The hint to go online is for when the agent is not; online, say what happens next instead.
+  $("#home-hint").hidden = status === "online";
+  $("#online-hint").hidden = status !== "online";
+}
+
+function renderChip() {
+  // The chip shows the status in force only while the server can be heard; under the red
+  // banner it says so, rather than "Online" for a status nobody can see is still true.
+  const chip = $("#status-chip");
+  const live = state.connected || !state.ws;
+  const status = live ? state.status : state.blocked ? "offline" : "reconnecting";
+  chip.dataset.status = status;
+  if (status !== "reconnecting") chip.textContent = status[0].toUpperCase() + status.slice(1);
+  else chip.textContent = state.everConnected ? "Reconnecting…" : "Connecting…";
+}
+
+// Why the server (or an operator) changed the status: said on Home until the agent picks a status again.
+const PRESENCE_REASONS = {
+  missed_offers: "You were set to Away because you missed offers in a row. Go online when you are ready for more.",
+  disconnected:
+    "You were disconnected for longer than the grace period, so you were set to Offline and your conversations went back to the queue.",
+  operator: "An operator set you Offline; your conversations went back to the queue.",
+  suspended: "Your account was suspended, so you are Offline. Contact support.",
+  not_approved: "Your account is not approved to take conversations, so you are Offline. Contact support.",
+};
+
+function explainPresence(status, reason, { quiet = false } = {}) {
+  const note = $("#presence-note");
+  if (!reason) {
+    note.hidden = true; // the agent chose it (here or on another device)
+    return;
+  }
+  const text = PRESENCE_REASONS[reason] || `Your status was set to ${status} (${reason.replaceAll("_", " ")}).`;
+  note.textContent = text;
+  note.hidden = false;
+  if (!quiet) toast(text);
 }
 
 for (const button of $$(".segmented button")) {
@@ -338,7 +399,11 @@ $("#offer-accept").addEventListener("click", () => {
 
 $("#offer-decline").addEventListener("click", () => {
   if (!state.offer) return;
-  if (send({ type: "offer.decline", offer_id: state.offer.offer_id, reason: "declined in the app" })) hideOffer();
+  // Hidden when the server confirms (offer.declined), with a toast that says so.
+  if (send({ type: "offer.decline", offer_id: state.offer.offer_id, reason: "declined in the app" })) {
+    $("#offer-accept").disabled = true;
+    $("#offer-decline").disabled = true;
+  } else toast("Not connected; the offer stays open while it can.");
 });
 
 // --- conversations ---------------------------------------------------------------------------
@@ -358,15 +423,31 @@ function onMessage(conversationId, message) {
   }
 }
 
-function onClosed(conversationId, reason) {
+// Why a conversation left the agent's screen: the server's `reason` (and `detail` for a cancel).
+const CLOSED_REASONS = {
+  resolved: "Resolved",
+  unresolved: "Closed as not resolved",
+  cancelled: "The customer left",
+  requeued: "Moved back to the queue by an operator",
+  admin: "Moved back to the queue by an operator",
+  reassigned: "Given to another agent by an operator",
+  agent_offline: "Moved back to the queue: an operator set you offline",
+  agent_suspended: "Moved back to the queue: your account was suspended",
+  agent_disconnected: "Moved back to the queue: you were disconnected for too long",
+  no_first_reply: "Moved back to the queue: no first reply in time",
+};
+
+function onClosed(conversationId, reason, detail) {
   const conversation = state.conversations.get(conversationId);
+  if (!conversation) return; // already gone from this screen
   state.conversations.delete(conversationId);
   store.setDraft(conversationId, "");
   store.setOutbox(store.outbox().filter((item) => item.conversation_id !== conversationId));
   if (state.selected === conversationId) state.selected = [...state.conversations.keys()][0] || null;
   renderChats();
-  const why = { resolved: "Resolved", unresolved: "Closed as not resolved", cancelled: "The customer left" };
-  toast(`${why[reason] || "Closed"}: ${conversation?.customer?.name || "conversation"}`);
+  let why = CLOSED_REASONS[reason] || "Closed";
+  if (reason === "cancelled" && detail === "admin") why = "Cancelled by an operator";
+  toast(`${why}: ${conversation?.customer?.name || "conversation"}`);
   loadMe();
 }
 
@@ -422,7 +503,11 @@ function buildPanel(conversation) {
     .filter(Boolean)
     .join(" · ");
   const transcript = $(".transcript-list", panel);
-  for (const entry of conversation.transcript || []) transcript.append(messageItem(entry.role, entry.text));
+  const entries = conversation.transcript || [];
+  for (const entry of entries) transcript.append(messageItem(entry.role, entry.text, { at: entry.at }));
+  $(".transcript-count", panel).textContent =
+    entries.length === 1 ? "· 1 message" : `· ${entries.length ? entries.length : "no"} messages`;
+  $(".live-title", panel).textContent = `Live chat with ${conversation.customer?.name || "the customer"}`;
   const textarea = $(".composer textarea", panel);
   const label = $(".composer label", panel);
   textarea.id = `compose-${id}`;
@@ -456,12 +541,19 @@ function buildPanel(conversation) {
   return panel;
 }
 
-function messageItem(role, text, pending = false) {
+function messageItem(role, text, { at = null, pending = false } = {}) {
   const item = document.createElement("li");
   item.className = `${role}${pending ? " pending" : ""}`;
   const who = document.createElement("span");
   who.className = "who";
   who.textContent = pending ? "You · sending…" : labels[role] || role;
+  const shown = at ? clock(at) : "";
+  if (shown) {
+    const time = document.createElement("time");
+    time.dateTime = at;
+    time.textContent = shown;
+    who.append(" ", time);
+  }
   item.append(who, document.createTextNode(text));
   return item;
 }
@@ -472,9 +564,11 @@ function renderMessages(id) {
   if (!panel || !conversation) return;
   const list = $(".live", panel);
   const sent = new Set(conversation.messages.map((m) => m.client_id).filter(Boolean));
-  const items = conversation.messages.map((m) => messageItem(m.role, m.text));
+  const items = conversation.messages.map((m) => messageItem(m.role, m.text, { at: m.created_at }));
   for (const item of store.outbox()) {
-    if (item.conversation_id === id && !sent.has(item.client_id)) items.push(messageItem("agent", item.text, true));
+    if (item.conversation_id === id && !sent.has(item.client_id)) {
+      items.push(messageItem("agent", item.text, { at: item.at, pending: true }));
+    }
   }
   list.replaceChildren(...items);
   list.lastElementChild?.scrollIntoView({ block: "nearest" });
@@ -516,6 +610,30 @@ const STATES = {
   disputed: "Disputed",
 };
 
+function earningSubject(item) {
+  // Which conversation (or week) the money is for.
+  const node = document.createElement("div");
+  node.className = "conversation small";
+  const c = item.conversation;
+  if (c) node.textContent = [c.customer_name, c.topic, c.summary].filter(Boolean).join(" · ") || "A conversation";
+  else if (item.week_start) node.textContent = `Week of ${new Date(item.week_start).toLocaleDateString()}`;
+  else node.hidden = true;
+  return node;
+}
+
+function earningWhy(waiting) {
+  // Why the money has not reached the agent yet, from the server's `waiting` {reason, detail, until}.
+  if (!waiting) return null;
+  const node = document.createElement("div");
+  node.className = `why small ${waiting.reason}`;
+  if (waiting.reason === "on_hold" && waiting.until) {
+    node.textContent = `On hold until ${clock(waiting.until)}: the customer may still dispute the resolution.`;
+  } else if (waiting.until) {
+    node.textContent = `${waiting.detail} Next try ${clock(waiting.until)}.`;
+  } else node.textContent = waiting.detail;
+  return node;
+}
+
 async function loadEarnings(reset) {
   const params = new URLSearchParams({ limit: "20" });
   if (!reset && state.earningsNext) {
@@ -540,7 +658,9 @@ async function loadEarnings(reset) {
       const when = document.createElement("div");
       when.className = "muted small";
       when.textContent = new Date(item.created_at).toLocaleString();
-      left.append(what, when);
+      left.append(what, earningSubject(item), when);
+      const why = earningWhy(item.waiting);
+      if (why) left.append(why);
       const right = document.createElement("div");
       right.style.textAlign = "right";
       const amount = document.createElement("div");

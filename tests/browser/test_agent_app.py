@@ -73,8 +73,12 @@ def test_a_whole_shift_on_a_phone(phone, server, make_agent, make_integration, c
     expect(offer).to_be_hidden()
     expect(page.locator("#view-chats")).to_be_visible()
     chat = page.locator(f"#panel-{created['id']}")
-    chat.get_by_text("Conversation with the AI assistant").click()
-    expect(chat.locator(".transcript-list")).to_contain_text("I was charged twice")
+    # Collapsed behind a marked toggle: its text is in the page but not shown until opened (so check
+    # visibility, not text: the first version of this test passed on text the agent could not see).
+    transcript = chat.locator(".transcript-list li", has_text="I was charged twice")
+    expect(transcript).to_be_hidden()
+    chat.get_by_text("AI conversation").click()
+    expect(transcript).to_be_visible()
     wait_for(lambda: callbacks_of(callback_receiver, "conversation.assigned"))
 
     chat.get_by_label("Message to the customer").fill("Hi Anna, I can see both charges. Refunding one now.")

@@ -355,3 +355,31 @@ async def test_a_ping_renews_the_sockets_group_membership(make_agent, online_soc
     assert await silent.communicator.receive_nothing(timeout=1), "the silent socket should have dropped out"
     await pinging.close()
     await silent.close()
+
+
+async def test_what_the_server_or_an_operator_does_to_an_agent_comes_with_a_reason(
+    make_agent, online_socket, async_bot, admin_client
+):
+    """Issue 11.11: the app must say why (re-queued by an operator, set offline by one), not "Closed"."""
+    from django.urls import reverse
+
+    agent = await sync_to_async(make_agent)(capacity=2)
+    socket = await online_socket(agent)
+    chatting = await async_bot.escalate("operator-requeue")
+    offer = await socket.expect("offer", conversation_id=chatting["id"])
+    await socket.send(type="offer.accept", offer_id=offer["offer_id"])
+    await socket.expect("conversation.assigned")
+
+    # An operator re-queues it from the admin list.
+    changelist = reverse("admin:marketplace_conversation_changelist")
+    data = {"action": "requeue_front", "_selected_action": [chatting["id"]]}
+    await sync_to_async(admin_client.post)(changelist, data)
+    closed = await socket.expect("conversation.closed", conversation_id=chatting["id"])
+    assert closed["reason"] == "requeued"
+
+    # An operator takes the agent offline.
+    agents = reverse("admin:marketplace_agent_changelist")
+    await sync_to_async(admin_client.post)(agents, {"action": "force_offline", "_selected_action": [agent.pk]})
+    presence = await socket.expect("presence", status="offline")
+    assert presence["reason"] == "operator"
+    await socket.close()

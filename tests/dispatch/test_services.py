@@ -396,3 +396,23 @@ def test_an_agent_whose_offer_is_withdrawn_by_a_cancel_gets_other_work(escalate,
     recorded_jobs.run("dispatch_agent")
 
     assert offer_of(waiting).agent_id == agent.pk
+
+
+def test_hello_says_why_the_server_set_the_status_until_the_agent_picks_one(make_agent, recorded_jobs, settings):
+    """Issue 11.11: an agent released after the grace period had no socket to hear `presence`; `hello` tells it."""
+    settings.PRESENCE_GRACE_SECONDS = 30
+    agent = make_agent()
+    dispatch.connection_open(agent_id=agent.pk, channel_name="c1", server_id="s1")
+    dispatch.connection_close(channel_name="c1")
+    Agent.objects.filter(pk=agent.pk).update(disconnected_at=timezone.now() - timedelta(seconds=31))
+    assert dispatch.presence_release_if_gone(agent_id=agent.pk) is True
+
+    hello = dispatch.hello_payload(agent.pk)
+    assert (hello["status"], hello["status_reason"]) == ("offline", "disconnected")
+
+    # The agent picks a status itself: no server reason any more.
+    dispatch.agent_set_status(agent_id=agent.pk, status="away", actor=f"agent:{agent.pk}")
+    assert dispatch.hello_payload(agent.pk)["status_reason"] is None
+    # An operator's force offline is remembered too.
+    dispatch.agent_force_offline(agent_id=agent.pk, actor="admin:ops")
+    assert dispatch.hello_payload(agent.pk)["status_reason"] == "operator"

@@ -96,3 +96,66 @@ def test_a_pay_rule_written_in_capitals_or_with_a_region_still_matches(admin_cli
     assert response.status_code == 302, response.content
     rule = PayRule.objects.get()
     assert (rule.topic, rule.language) == ("billing", "sv")
+
+
+# --- labels and money for people (issue 11.11) -------------------------------------------------------
+
+
+def test_a_transfer_cancelled_by_a_dispute_is_labelled_so_not_failed(admin_client, earned):
+    from payouts.selectors import transfer_state_label
+
+    # given: a transfer Stripe refused, and one a dispute cancelled (both are stored as `failed`)
+    assert transfer_state_label(Transfer.objects.select_related("earning").get(pk=earned.transfer.pk)).startswith(
+        "Held"
+    )
+    payouts.earning_dispute(earning_id=earned.pk, reason="refund", actor="test")
+    cancelled = Transfer.objects.select_related("earning").get(pk=earned.transfer.pk)
+    assert cancelled.state == "failed"
+
+    # then: the label and the admin list say what happened
+    assert transfer_state_label(cancelled) == "Cancelled (disputed)"
+    refused = Transfer(state="failed", earning=Earning(state="released"), amount=1, currency="usd")
+    assert transfer_state_label(refused) == "Failed"
+    listing = admin_client.get(reverse("admin:payouts_transfer_changelist")).content.decode()
+    assert 'field-status">Cancelled (disputed)<' in listing and 'field-status">Failed<' not in listing
+
+
+def test_paid_and_clawed_back_transfers_are_labelled():
+    from payouts.selectors import transfer_state_label
+
+    disputed = Earning(state="disputed")
+    assert transfer_state_label(Transfer(state="paid", earning=disputed, amount=5, amount_reversed=5)) == (
+        "Paid, clawed back (disputed)"
+    )
+    assert transfer_state_label(Transfer(state="paid", earning=disputed, amount=5)) == (
+        "Paid, clawback pending (disputed)"
+    )
+    assert transfer_state_label(Transfer(state="paid", earning=Earning(state="released"), amount=5)) == "Paid"
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "shown"),
+    [
+        (1234, "usd", "$12.34"),
+        (1234, "sek", "12.34 SEK"),
+        (500, "jpy", "500 JPY"),
+        (123456789, "eur", "€1,234,567.89"),
+        (-250, "gbp", "-£2.50"),
+        (1, "kwd", "0.001 KWD"),
+        (None, "usd", "—"),
+    ],
+)
+def test_money_is_formatted_from_minor_units(amount, currency, shown):
+    from config.display import format_money
+
+    assert format_money(amount, currency) == shown
+
+
+def test_admin_lists_show_money_not_minor_units(admin_client, earned):
+    for name in ("earning", "transfer"):
+        listing = admin_client.get(reverse(f"admin:payouts_{name}_changelist")).content.decode()
+        assert format_amount(earned.amount) in listing, name
+
+
+def format_amount(minor: int) -> str:
+    return f"${minor // 100}.{minor % 100:02d}"

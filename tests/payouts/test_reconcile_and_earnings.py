@@ -407,3 +407,76 @@ def test_reconcile_without_stripe_is_a_command_error(settings):
 
     with pytest.raises(CommandError, match="STRIPE_SECRET_KEY"):
         call_command("reconcile_stripe", "--no-progress", stdout=StringIO())
+
+
+# --- each item names its conversation and why its money waits (issue 11.11) -------------------------
+
+
+def test_an_item_names_its_conversation_and_why_it_waits(recorded_jobs, settings, make_agent, resolve):
+    # given: a resolution inside an hour's dispute window
+    settings.PAYOUT_HOLD_SECONDS = 3600
+    agent = make_agent()
+    client = api(agent)
+    conversation = resolve(agent, language="en", summary="Refund the duplicate charge", customer={"name": "Anna"})
+    earning = Earning.objects.get(conversation=conversation)
+
+    # then: the item says which conversation, and that it is on hold until the window ends
+    (item,) = earnings(client)["items"]
+    assert item["conversation"] == {
+        "id": conversation.pk,
+        "customer_name": "Anna",
+        "topic": conversation.topic or None,
+        "summary": "Refund the duplicate charge",
+    }
+    assert item["waiting"]["reason"] == "on_hold"
+    assert datetime.fromisoformat(item["waiting"]["until"]) == earning.payable_at
+
+    # when: released without Stripe, its transfer waits for payouts to be set up
+    Earning.objects.filter(pk=earning.pk).update(payable_at=timezone.now())
+    recorded_jobs.run("release_earning")
+    assert recorded_jobs.run("submit_transfer") == ["held"]
+    (item,) = earnings(client)["items"]
+    assert item["waiting"]["reason"] == "payouts_not_set_up"
+    assert "not set up" in item["waiting"]["detail"] and item["waiting"]["until"] is None
+
+
+@pytest.mark.parametrize(
+    ("transfer_state", "hold", "reason"),
+    [
+        ("pending", "no_account", "onboarding"),
+        ("pending", "account_not_ready", "onboarding"),
+        ("pending", "balance_insufficient", "platform_balance"),
+        ("pending", "", "queued"),
+        ("submitted", "", "in_flight"),
+        ("failed", "", "failed"),
+        ("paid", "", None),
+    ],
+)
+def test_each_transfer_state_has_a_waiting_reason(make_agent, transfer_state, hold, reason):
+    from payouts.selectors import earning_waiting
+
+    agent = make_agent()
+    earning = Earning.objects.create(
+        agent=agent, kind="resolution", amount=500, currency="usd", state="released", payable_at=timezone.now()
+    )
+    Transfer.objects.create(
+        agent=agent, earning=earning, amount=500, currency="usd", state=transfer_state, hold_reason=hold
+    )
+    waiting = earning_waiting(Earning.objects.select_related("transfer").get(pk=earning.pk))
+    assert (waiting and waiting["reason"]) == reason
+    if waiting:
+        assert waiting["detail"]
+
+
+def test_a_disputed_item_says_so_with_the_reason(make_agent):
+    from payouts import services as payouts
+    from payouts.selectors import earning_waiting
+
+    agent = make_agent()
+    earning = Earning.objects.create(
+        agent=agent, kind="resolution", amount=500, currency="usd", state="held", payable_at=timezone.now()
+    )
+    payouts.earning_dispute(earning_id=earning.pk, reason="the customer came back", actor="test")
+    waiting = earning_waiting(Earning.objects.get(pk=earning.pk))
+    assert waiting is not None and waiting["reason"] == "disputed"
+    assert "the customer came back" in waiting["detail"]
