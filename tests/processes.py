@@ -178,7 +178,9 @@ class AgentClient:
     def send(self, **content: Any) -> None:
         self.ws.send(json.dumps(content))
 
-    def expect(self, type_: str, within: float = 10, **match: Any) -> dict[str, Any]:
+    def expect(self, type_: str | tuple[str, ...], within: float = 10, **match: Any) -> dict[str, Any]:
+        """The next message of this type (or of one of these types) whose fields match."""
+        types = (type_,) if isinstance(type_, str) else type_
         deadline = time.monotonic() + within
         while True:
             remaining = deadline - time.monotonic()
@@ -189,7 +191,7 @@ class AgentClient:
             except TimeoutError:
                 continue
             self.seen.append(message)
-            if message["type"] == type_ and all(message.get(k) == v for k, v in match.items()):
+            if message["type"] in types and all(message.get(k) == v for k, v in match.items()):
                 return message
 
     def drop(self) -> None:
