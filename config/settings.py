@@ -250,7 +250,7 @@ AUTH_PASSWORD_VALIDATORS = [
 # separately, per client address; past the limit that username or address is answered 429 with
 # Retry-After for LOGIN_LOCKOUT_SECONDS. Successful logins are never counted.
 AUTHENTICATION_BACKENDS = [
-    "axes.backends.AxesStandaloneBackend",
+    "marketplace.access.LoginAttemptsBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
 AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 10)

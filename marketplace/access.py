@@ -19,6 +19,7 @@ from datetime import timedelta
 from importlib import import_module
 from typing import Any
 
+from axes.backends import AxesStandaloneBackend
 from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY, get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -213,6 +214,21 @@ def session_credential(session: Any, user: Any) -> SocketCredential | None:
 
 
 # --- failed logins (django-axes) -------------------------------------------------------
+
+
+class LoginAttemptsBackend(AxesStandaloneBackend):
+    """django-axes' check before the password is tried, for logins that come with a request.
+
+    Axes refuses to run without one; a login without a request (a script, the test
+    client's `login`) comes from no address and is not counted, so it is not refused either.
+    """
+
+    def authenticate(
+        self, request: Any, username: str | None = None, password: str | None = None, **kwargs: Any
+    ) -> Any:
+        if request is None:
+            return None
+        return super().authenticate(request, username, password, **kwargs)
 
 
 def client_address(request: HttpRequest) -> str | None:

@@ -379,8 +379,11 @@ def agent_upsert(*, data: AgentInput) -> Agent:
     from django.contrib.auth import get_user_model
 
     check_agent_input(data)
-    user, _ = get_user_model().objects.get_or_create(username=data.username)
-    check_agent_password(data.password, user)
+    user_model = get_user_model()
+    user = user_model.objects.filter(username=data.username).first()
+    check_agent_password(data.password, user or user_model(username=data.username))
+    if user is None:
+        user = user_model.objects.create(username=data.username)
     user.set_password(data.password)
     user.save()
     profile = {
