@@ -22,7 +22,6 @@ from typing import Any
 from axes.backends import AxesStandaloneBackend
 from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY, get_user_model
-from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
 from django.dispatch import Signal
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -90,7 +89,7 @@ class AgentSessionAuthentication(SessionAuthentication):
 
 
 @transaction.atomic
-def token_issue(*, user: AbstractBaseUser) -> Token:
+def token_issue(*, user: Any) -> Token:
     """The user's token, or a new one when it has expired (one token per user, shared by its devices)."""
     Token.objects.filter(user=user, created__lt=token_cutoff()).delete()
     token, _ = Token.objects.get_or_create(user=user)
