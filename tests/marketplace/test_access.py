@@ -260,6 +260,7 @@ def command_env() -> dict[str, str]:
     return {"PATH": "/usr/bin:/bin", "DEBUG": "1", "DATABASE_URL": f"sqlite:///{db['NAME']}"}
 
 
+@pytest.mark.django_db(transaction=True)  # no transaction of ours open: SQLite would keep the process waiting
 def test_a_weak_password_makes_the_command_exit_non_zero():
     # A real process: what an operator's script sees.
     result = subprocess.run(  # noqa: S603 - our own interpreter and manage.py
