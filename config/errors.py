@@ -85,7 +85,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if response is None:
         return None
     exc = cast(exceptions.APIException, exc)  # the default handler answers only for these
-    if isinstance(exc, ApiError):
+    if isinstance(exc, ApiError) or getattr(exc, "own_code", False):
         code = exc.get_codes() if isinstance(exc.get_codes(), str) else exc.default_code
     else:
         code = next((c for cls, c in _CODES.items() if isinstance(exc, cls)), "error")

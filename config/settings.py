@@ -10,6 +10,7 @@ without its secrets.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -85,6 +86,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "channels",
     "django_celery_beat",
+    "axes",
     "marketplace",
     "dispatch",
     "payouts",
@@ -100,6 +102,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
+    # Last: it turns a login refused for too many failures into a 429 page (/app/login, /admin/login).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -240,8 +244,31 @@ CELERY_BEAT_SCHEDULE = {name: {"task": job["task"], "schedule": job["seconds"]} 
 
 # --- Auth, i18n, static ---------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 8}},
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+# django-axes counts failed logins (the token endpoint, /app/login, /admin/login) per username and,
+# separately, per client address; past the limit that username or address is answered 429 with
+# Retry-After for LOGIN_LOCKOUT_SECONDS. Successful logins are never counted.
+AUTHENTICATION_BACKENDS = [
+    "marketplace.access.LoginAttemptsBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 10)
+AXES_COOLOFF_TIME = timedelta(seconds=env_float("LOGIN_LOCKOUT_SECONDS", 300))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# REMOTE_ADDR as the ASGI server sets it (forwarded headers are trusted only from configured proxies).
+AXES_CLIENT_IP_CALLABLE = "marketplace.access.client_address"
+AXES_LOCKOUT_CALLABLE = "marketplace.access.lockout_response"
+AXES_DISABLE_ACCESS_LOG = True  # no row per successful login (hundreds of load-test agents)
+AXES_VERBOSE = False
+# Agent tokens die after this long (a new login then issues a new one).
+AGENT_TOKEN_TTL_SECONDS = env_float("AGENT_TOKEN_TTL_SECONDS", 30 * 86_400)
+# Sockets open at once per agent; the next one is refused (close code 4409).
+AGENT_MAX_SOCKETS = env_int("AGENT_MAX_SOCKETS", 5)
+# Each web process re-checks its sockets' token or session this often (expiry; a lost revocation message).
+AGENT_ACCESS_RECHECK_SECONDS = env_float("AGENT_ACCESS_RECHECK_SECONDS", 30)
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -298,8 +325,8 @@ CONTENT_SECURITY_POLICY = {
 # --- REST framework and OpenAPI ------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
-        "rest_framework.authentication.SessionAuthentication",
+        "marketplace.access.ExpiringTokenAuthentication",
+        "marketplace.access.AgentSessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],

@@ -33,6 +33,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/v1/auth/token", agent_api.AuthTokenApi.as_view(), name="auth-token"),
+    path("api/v1/auth/logout", agent_api.LogoutApi.as_view(), name="auth-logout"),
     path("api/v1/escalations", bot_api.EscalationCreateApi.as_view(), name="escalation-create"),
     path("api/v1/escalations/<id:conversation_id>", bot_api.EscalationDetailApi.as_view(), name="escalation-detail"),
     path(

@@ -1,7 +1,9 @@
 """The agents' WebSocket (docs/API.md, Agents). Thin: parse, call a service, forward.
 
-Close codes: 4401 not authenticated, 4403 not an agent or suspended,
-4408 idle too long (no `ping`), 4429 flooding, 1013 database unavailable while connecting (try again).
+Close codes: 4401 not authenticated, or the token or session the socket was opened with was
+revoked or expired (after an `error` with code `token_revoked`: log in again), 4403 not an agent
+or suspended, 4408 idle too long (no `ping`), 4409 too many sockets for this agent
+(AGENT_MAX_SOCKETS), 4429 flooding, 1013 database unavailable while connecting (try again).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from rest_framework.exceptions import APIException
 
+from marketplace import access
 from marketplace.models import Agent, Conversation
 
 from . import events, selectors, services
@@ -35,7 +38,9 @@ _beat: asyncio.Task[None] | None = None
 
 
 async def _heartbeat() -> None:
-    """Say this process is alive, and close sockets that went silent."""
+    """Say this process is alive, close sockets that went silent, and now and then those whose
+    token or session no longer holds (expired; a revocation message that never arrived)."""
+    rechecked = time.monotonic()
     while True:
         try:
             await database_sync_to_async(services.server_heartbeat)(server_id=SERVER_ID)
@@ -45,7 +50,24 @@ async def _heartbeat() -> None:
         for consumer in list(_open):
             if consumer.last_heard < cutoff:
                 await consumer.close(code=4408)
+        if time.monotonic() - rechecked >= settings.AGENT_ACCESS_RECHECK_SECONDS:
+            rechecked = time.monotonic()
+            await _recheck_credentials()
         await asyncio.sleep(settings.SERVER_HEARTBEAT_SECONDS)
+
+
+async def _recheck_credentials() -> None:
+    consumers = [c for c in list(_open) if getattr(c, "credential", None) is not None]
+    if not consumers:
+        return
+    try:
+        valid = await database_sync_to_async(access.valid_credentials)([c.credential for c in consumers])
+    except Exception:
+        logger.exception("could not re-check the sockets' credentials")
+        return
+    for consumer in consumers:
+        if consumer.credential not in valid:
+            await consumer.revoked("expired")
 
 
 def _ensure_heartbeat() -> None:
@@ -98,6 +120,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self.close(code=4403)
             return
         self.agent_id = agent.pk
+        self.credential: access.SocketCredential | None = self.scope.get("credential")
+        if self.credential is None and "session" in self.scope:
+            self.credential = await database_sync_to_async(access.session_credential)(self.scope["session"], user)
         self.last_heard = time.monotonic()
         self.tokens = float(settings.WS_RATE_BURST)
         self.refilled = self.last_heard
@@ -109,6 +134,21 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await database_sync_to_async(services.connection_open)(
                 agent_id=self.agent_id, channel_name=self.channel_name, server_id=SERVER_ID
             )
+        except services.TooManySockets as exc:
+            await self.send_json({"type": "error", "code": "too_many_sockets", "detail": str(exc.detail)})
+            await self.close(code=4409)
+            return
+        except DatabaseError:
+            logger.warning("database unavailable while agent %s connected", self.agent_id, exc_info=True)
+            await self.close(code=1013)
+            return
+        try:
+            # Revoked between the check at the handshake and joining the group: that message was missed.
+            if self.credential is not None and not await database_sync_to_async(access.valid_credentials)(
+                [self.credential]
+            ):
+                await self.revoked("revoked")
+                return
             hello = await database_sync_to_async(services.hello_payload)(self.agent_id)
         except DatabaseError:
             # The database connection was lost: close (disconnect() cleans up) and let the app
@@ -176,6 +216,23 @@ class AgentConsumer(AsyncWebsocketConsumer):
     async def agent_event(self, event: dict[str, Any]) -> None:
         """Forward what the services sent to this agent's group."""
         await self.send_json(event["payload"])
+
+    async def agent_revoke(self, event: dict[str, Any]) -> None:
+        """A token or session of this agent was revoked: close if this socket was opened with it."""
+        mine = self.credential.digest if self.credential is not None else None
+        if event.get("credential") is None or event["credential"] == mine:
+            await self.revoked(str(event.get("reason", "revoked")))
+
+    async def revoked(self, reason: str) -> None:
+        if getattr(self, "closing", False):
+            return
+        self.closing = True
+        _open.discard(self)
+        detail = f"Your login ended ({reason.replace('_', ' ')}): log in again."
+        try:
+            await self.send_json({"type": "error", "code": "token_revoked", "reason": reason, "detail": detail})
+        finally:
+            await self.close(code=4401)
 
     def _allow(self) -> bool:
         now = time.monotonic()

@@ -58,10 +58,27 @@ SEND_ATTEMPTS = 3
 
 
 def send(agent_id: str, payload: dict[str, Any]) -> None:
+    _group_send(agent_id, {"type": "agent.event", "payload": payload})
+
+
+def send_revoke(agent_id: str, *, credential: str | None, reason: str) -> None:
+    """Close the agent's sockets opened with this credential (a digest), or all of them (None).
+
+    Every web process holding one of them closes it (4401, after an `error` with code
+    `token_revoked`). Called after the credential was revoked in the database.
+    """
+    _group_send(agent_id, {"type": "agent.revoke", "credential": credential, "reason": reason})
+
+
+def on_credentials_revoked(sender: Any, *, agent_id: str, credential: str | None, reason: str, **kwargs: Any) -> None:
+    send_revoke(agent_id, credential=credential, reason=reason)
+
+
+def _group_send(agent_id: str, message: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    group, message = agent_group(agent_id), {"type": "agent.event", "payload": payload}
+    group, payload = agent_group(agent_id), message.get("payload", message)
     for attempt in range(1, SEND_ATTEMPTS + 1):
         try:
             if isinstance(layer, InMemoryChannelLayer):

@@ -695,9 +695,18 @@ def agent_suspend(*, agent_id: str, actor: str) -> Agent:
     return agent
 
 
+class TooManySockets(Conflict):
+    default_code = "too_many_sockets"
+    default_detail = "Too many sockets open for this agent: close one first."
+
+
 @transaction.atomic
 def connection_open(*, agent_id: str, channel_name: str, server_id: str) -> None:
+    """Record an open socket; at most AGENT_MAX_SOCKETS per agent (counted under the agent's row lock)."""
     Agent.objects.select_for_update().filter(pk=agent_id).update(disconnected_at=None)
+    others = AgentConnection.objects.filter(agent_id=agent_id).exclude(pk=channel_name)
+    if others.count() >= settings.AGENT_MAX_SOCKETS:
+        raise TooManySockets(f"At most {settings.AGENT_MAX_SOCKETS} sockets per agent: close one first.")
     AgentConnection.objects.update_or_create(
         channel_name=channel_name, defaults={"agent_id": agent_id, "server_id": server_id}
     )

@@ -23,7 +23,7 @@ from config.errors import Conflict
 from dispatch import events as agent_events
 from dispatch import tasks as dispatch_tasks
 
-from . import callbacks, selectors
+from . import access, callbacks, selectors
 from .models import Agent, BotIntegration, Conversation, ConversationEvent, Message, new_integration_secret
 
 
@@ -278,6 +278,9 @@ def agent_set_approval(*, agent_id: str, approval: str, actor: str) -> Agent:
         reason = "suspended" if approval == Agent.Approval.SUSPENDED else "not_approved"
         agent_events.send_on_commit(agent.pk, {"type": "presence", "status": Agent.Status.OFFLINE, "reason": reason})
     agent.save(update_fields=fields)
+    if approval == Agent.Approval.SUSPENDED:
+        # No REST access and no socket left: its token dies and every socket closes (within seconds).
+        access.credentials_revoke_all(user_id=agent.user_id, reason="suspended")
     return agent
 
 
@@ -364,6 +367,16 @@ def check_agent_input(data: AgentInput) -> None:
         raise ValidationError(errors)
 
 
+def check_agent_password(password: str, user: Any) -> None:
+    """AUTH_PASSWORD_VALIDATORS (length, common passwords, likeness to the username), as a field error."""
+    from django.contrib.auth.password_validation import validate_password
+
+    try:
+        validate_password(password, user)
+    except ValidationError as exc:
+        raise ValidationError({"password": exc.messages}) from exc
+
+
 @transaction.atomic
 def agent_upsert(*, data: AgentInput) -> Agent:
     """Create an approved agent able to log in, or update the one with this username.
@@ -374,7 +387,11 @@ def agent_upsert(*, data: AgentInput) -> Agent:
     from django.contrib.auth import get_user_model
 
     check_agent_input(data)
-    user, _ = get_user_model().objects.get_or_create(username=data.username)
+    user_model = get_user_model()
+    user = user_model.objects.filter(username=data.username).first()
+    check_agent_password(data.password, user or user_model(username=data.username))
+    if user is None:
+        user = user_model.objects.create(username=data.username)
     user.set_password(data.password)
     user.save()
     profile = {
@@ -403,6 +420,8 @@ def agents_create_bulk(*, prefix: str, count: int, template: AgentInput) -> list
     user_model = get_user_model()
     usernames = [f"{prefix}{n}" for n in range(1, count + 1)]
     check_agent_input(replace(template, username=usernames[-1]))
+    for username in (usernames[0], usernames[-1]):  # the similarity check looks at the username
+        check_agent_password(template.password, user_model(username=username))
     taken = set(user_model.objects.filter(username__in=usernames).values_list("username", flat=True))
     if taken:
         raise ValueError(f"usernames exist already: {', '.join(sorted(taken)[:5])}")

@@ -3,6 +3,8 @@ static JavaScript talking to the REST API and the WebSocket with the session coo
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
@@ -13,6 +15,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET
 
+from . import access
 from .models import Agent
 
 APP_NAME = "Agent Desk"
@@ -27,6 +30,14 @@ class AppLoginView(auth_views.LoginView):
 
 class AppLogoutView(auth_views.LogoutView):
     next_page = "/app/login"
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        """Log out, and close the sockets opened with this session."""
+        user_id, session_key = request.user.pk, request.session.session_key
+        response = super().post(request, *args, **kwargs)
+        if user_id is not None:
+            access.session_revoke(user_id=user_id, session_key=session_key)
+        return response
 
 
 @never_cache

@@ -64,7 +64,8 @@ async function api(path, { method = "GET", body } = {}) {
   });
   if (response.status === 401 || response.status === 403) {
     const data = await response.json().catch(() => ({}));
-    if (data?.error?.code === "unauthorized") window.location.assign("/app/login");
+    // Logged out, expired or revoked: log in again (a suspended agent would only loop back here).
+    if (response.status === 401 && data?.error?.code !== "account_suspended") window.location.assign("/app/login");
     throw Object.assign(new Error(data?.error?.detail || "Not allowed"), { data });
   }
   const data = await response.json().catch(() => ({}));
@@ -158,7 +159,7 @@ function connect() {
     document.body.dataset.connected = "false";
     renderChip();
     if (event.code === 4401) {
-      window.location.assign("/app/login"); // the session ended
+      window.location.assign("/app/login"); // the session or token ended (logout, password change, expiry)
       return;
     }
     if (event.code === 4403) {

@@ -82,7 +82,7 @@ def test_create_agents_makes_many_with_working_tokens():
         "--count",
         "25",
         "--password",
-        "P-assw0rd",
+        "P-assw0rd-42",
         "--languages",
         "en",
         "--skills",
@@ -95,11 +95,11 @@ def test_create_agents_makes_many_with_working_tokens():
     assert Agent.objects.filter(approval="approved", capacity=2).count() == 25
     client = Client()
     token = client.post(
-        "/api/v1/auth/token", {"username": "load7", "password": "P-assw0rd"}, content_type="application/json"
+        "/api/v1/auth/token", {"username": "load7", "password": "P-assw0rd-42"}, content_type="application/json"
     )
     assert token.json()["token"] == agents[6]["token"]
     with pytest.raises(CommandError, match="exist"):
-        run("create_agents", "--prefix", "load", "--count", "2", "--password", "P-assw0rd")
+        run("create_agents", "--prefix", "load", "--count", "2", "--password", "P-assw0rd-42")
 
 
 def test_seed_demo_is_idempotent():
@@ -126,7 +126,7 @@ def test_a_service_name_is_a_fine_callback_host():
         ("create_agent", "u" * 200, "--password", "s3cret-pass"),
         ("create_agent", "ok", "--password", "s3cret-pass", "--display-name", "d" * 100),
         ("create_agent", "ok", "--password", "s3cret-pass", "--languages", "english"),
-        ("create_agents", "--prefix", "bad prefix ", "--count", "2", "--password", "P-assw0rd"),
+        ("create_agents", "--prefix", "bad prefix ", "--count", "2", "--password", "P-assw0rd-42"),
     ],
 )
 def test_bad_arguments_are_a_clear_error_not_a_traceback(args):

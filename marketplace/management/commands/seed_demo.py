@@ -10,6 +10,7 @@ from marketplace.models import Agent, BotIntegration
 from ._output import print_json
 
 DEMO_PASSWORD = "demo-pass-123"  # noqa: S105 - demo accounts only
+DEMO_ADMIN_PASSWORD = "admin-pass-123"  # noqa: S105 - DEBUG only; 10+ characters like every password
 # Base pay per resolution, in minor units of the platform currency (blank: any).
 DEMO_PAY_RULES = [
     {"topic": "", "priority": "", "language": "", "amount": 400},
@@ -37,9 +38,9 @@ class Command(BaseCommand):
         if settings.DEBUG:
             user_model = get_user_model()
             if not user_model.objects.filter(username="admin").exists():
-                user_model.objects.create_superuser("admin", "admin@example.com", "admin")
+                user_model.objects.create_superuser("admin", "admin@example.com", DEMO_ADMIN_PASSWORD)
                 created.append("admin")
-            result["admin"] = {"username": "admin", "password": "admin"}
+            result["admin"] = {"username": "admin", "password": DEMO_ADMIN_PASSWORD}
         callback_url = options["base_url"].rstrip("/") + "/demo/bot/callbacks"
         integration = BotIntegration.objects.filter(name="Demo bot").first()
         if integration is None:
