@@ -27,6 +27,7 @@ from django.dispatch import Signal
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.utils import timezone
+from drf_spectacular.authentication import SessionScheme
 from rest_framework import exceptions
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.authtoken.models import Token
@@ -86,6 +87,12 @@ class AgentSessionAuthentication(SessionAuthentication):
         if result is not None and is_suspended(result[0]):
             raise AccountSuspended()
         return result
+
+
+class AgentSessionScheme(SessionScheme):  # type: ignore[no-untyped-call]
+    """The OpenAPI schema describes the app's session as Django's session cookie."""
+
+    target_class = "marketplace.access.AgentSessionAuthentication"
 
 
 @transaction.atomic

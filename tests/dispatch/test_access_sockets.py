@@ -52,7 +52,9 @@ async def token_socket(token: str) -> Socket:
 
 async def session_socket(client: Client) -> Socket:
     cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
-    connected, code, socket = await connect("/ws/agent/", [(b"cookie", cookie), (b"origin", b"http://localhost")])
+    connected, code, socket = await connect(
+        "/ws/agent/", [(b"cookie", cookie), (b"origin", b"http://localhost"), (b"host", b"localhost")]
+    )
     assert connected, code
     await socket.expect("hello")
     return socket
