@@ -274,6 +274,7 @@ def bench_env(**extra: str) -> dict[str, str]:
         DEBUG="false",
         SECRET_KEY="bench-" + "x" * 40,
         ALLOWED_HOSTS="127.0.0.1,localhost",
+        CALLBACK_ALLOWED_NETWORKS="127.0.0.0/8",  # callback receivers on loopback
         LOG_LEVEL=os.environ.get("BENCH_SERVER_LOG_LEVEL", "WARNING"),
         **extra,
     )
@@ -361,6 +362,7 @@ def coordinator(args: argparse.Namespace) -> None:
     os.environ["REDIS_URL"] = redis_url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ["LOG_LEVEL"] = "WARNING"
+    os.environ["CALLBACK_ALLOWED_NETWORKS"] = "127.0.0.0/8"  # the benchmark's callback receivers are on loopback
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, check=True)
 
     import django

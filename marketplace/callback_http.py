@@ -87,10 +87,7 @@ def address_allowed(address: IPAddress) -> bool:
 
 
 def _refusal(host: str, address: IPAddress) -> str:
-    return (
-        f"refused: {host} resolves to {address}, which is not a public address "
-        "and not in CALLBACK_ALLOWED_NETWORKS"
-    )
+    return f"refused: {host} resolves to {address}, which is not a public address and not in CALLBACK_ALLOWED_NETWORKS"
 
 
 def _lookup(host: str, port: int) -> tuple[IPAddress, ...]:

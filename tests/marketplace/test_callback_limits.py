@@ -19,7 +19,6 @@ from django.utils import timezone
 from marketplace import callbacks, services
 from marketplace.models import BotIntegration, CallbackAttempt, CallbackEvent, Conversation
 
-from ..conftest import wait_for
 from ..processes import local_http_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
