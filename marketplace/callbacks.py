@@ -6,9 +6,16 @@ conversation is delivered or dead), every attempt recorded, exponential backoff
 with jitter, and a dead-letter state after settings.CALLBACK_MAX_ATTEMPTS.
 
 Only one delivery per conversation runs at a time: a worker claims the head
-event with a conditional UPDATE that sets a lease, posts without holding any
-lock, then records the outcome. A worker that dies mid-delivery leaves a lease
-that runs out; the periodic sweeper then starts the next attempt.
+event with a conditional UPDATE that sets a lease and counts the attempt (never
+past max_attempts), posts without holding any lock, then records the outcome. A
+worker that dies mid-delivery leaves a lease that runs out; the periodic sweeper
+then starts the next attempt (or dead-letters the event if that was its last).
+
+One attempt is bounded by marketplace.callback_http: a total deadline
+(CALLBACK_TIMEOUT_SECONDS, shorter than the lease, so attempts never overlap),
+a few KiB of the answer read, and only allowed addresses (CALLBACK_ALLOWED_NETWORKS).
+One integration holds at most CALLBACK_MAX_IN_FLIGHT_PER_INTEGRATION deliveries at
+once (a bulkhead); its other events wait without spending an attempt.
 """
 
 from __future__ import annotations

@@ -311,3 +311,79 @@ def test_a_delivery_over_the_limit_waits_without_spending_an_attempt(make_integr
     (countdown,) = [c for task, args, c in recorded_jobs.calls if args == (conversations[2].pk,)]
     assert 0 < countdown <= 2 * limits.CALLBACK_BULKHEAD_WAIT_SECONDS
     assert Conversation.objects.count() == 3
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CALLBACK_TIMEOUT_SECONDS": "10", "CALLBACK_LEASE_SECONDS": "12"}, "CALLBACK_LEASE_SECONDS"),
+        ({"CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8,not-a-network"}, "CALLBACK_ALLOWED_NETWORKS"),
+        ({"CALLBACK_MAX_IN_FLIGHT_PER_INTEGRATION": "0"}, "CALLBACK_MAX_IN_FLIGHT_PER_INTEGRATION"),
+    ],
+)
+def test_settings_refuse_a_lease_shorter_than_the_deadline_and_bad_networks(env, message):
+    from ..test_settings import load_settings
+
+    result = load_settings(**env)
+    assert result.returncode != 0 and "ImproperlyConfigured" in result.stderr and message in result.stderr
+
+
+def test_default_lease_outlasts_the_default_deadline():
+    from ..test_settings import load_settings
+
+    assert load_settings().returncode == 0
+    result = load_settings(CALLBACK_TIMEOUT_SECONDS="60")  # the lease follows the deadline when not set
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture
+def tls_receiver(tmp_path: Any) -> Iterator[tuple[str, Any, list[str]]]:
+    """An https endpoint on loopback whose certificate names `localhost`; yields its port, the CA, and the SNI seen."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    names: list[str] = []
+    context.sni_callback = lambda sock, name, ctx: names.append(name)  # type: ignore[assignment,func-returns-value]
+
+    class Ok(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    from http.server import ThreadingHTTPServer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    try:
+        yield str(server.server_address[1]), str(bundle), names
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_https_checks_the_certificate_and_sends_sni_for_the_hostname(
+    make_integration, tls_receiver, limits, deliver_now
+):
+    port, bundle, names = tls_receiver
+    limits.CALLBACK_CA_BUNDLE = bundle
+
+    good, _ = deliver_now(make_integration(callback_url=f"https://localhost:{port}/cb"), "tls-ok")
+    # The same server by its address: the certificate does not name 127.0.0.1, so the attempt fails.
+    bad, _ = deliver_now(make_integration(callback_url=f"https://127.0.0.1:{port}/cb"), "tls-bad")
+
+    assert good.state == "delivered"
+    assert names[0] == "localhost"
+    assert bad.state == "pending" and "CERTIFICATE_VERIFY_FAILED" in bad.last_error
