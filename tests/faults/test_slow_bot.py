@@ -128,6 +128,11 @@ def check_slow_bot_isolated(
     wait_for(lambda: Transfer.objects.filter(earning__conversation=conversation, state="paid").exists(), timeout=30)
     figures["transfer_s"] = time.monotonic() - resolved
     samples.append(in_flight(drip_bot))
+    # The first deliveries hit their deadline; the next ones of the dripping bot take their places
+    # (never beside them: the lease outlasts the deadline), and the healthy bot is still served at once.
+    wait_for(lambda: drip.requests >= 2 * limit, timeout=30)
+    figures["healthy_callback_after_deadline_s"] = healthy_callback_seconds(healthy, receiver, "h-late")
+    samples.append(in_flight(drip_bot))
 
     assert drip.open >= 1, "the dripping bot is still being delivered to (the test measured under load)"
     assert max(samples) <= limit and drip.most_open <= limit, (samples, drip.most_open)
