@@ -167,3 +167,9 @@ def test_seed_demo_follows_the_address_it_runs_on():
     run("seed_demo")
     run("seed_demo", "--base-url", "http://127.0.0.1:9000")
     assert BotIntegration.objects.get().callback_url == "http://127.0.0.1:9000/demo/bot/callbacks"
+
+
+def test_seed_demo_says_clearly_when_loopback_callbacks_are_not_allowed(settings):
+    settings.CALLBACK_ALLOWED_NETWORKS = []
+    with pytest.raises(CommandError, match="CALLBACK_ALLOWED_NETWORKS=127.0.0.0/8"):
+        run("seed_demo")
