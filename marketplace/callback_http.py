@@ -25,8 +25,6 @@ import socket
 import ssl
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import unquote, urlsplit
@@ -34,10 +32,6 @@ from urllib.parse import unquote, urlsplit
 from django.conf import settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-# Lookups run here so that a hung resolver cannot hold an attempt past its deadline:
-# the attempt gives up on time, the lookup finishes (or not) on its own.
-_resolver = ThreadPoolExecutor(max_workers=4, thread_name_prefix="callback-dns")
 
 
 class CallbackRefused(Exception):
@@ -100,6 +94,30 @@ def _lookup(host: str, port: int) -> tuple[IPAddress, ...]:
     return tuple(found)
 
 
+def _lookup_within(host: str, port: int, timeout: float) -> tuple[IPAddress, ...]:
+    """The lookup in a thread of its own, so that a hung resolver cannot hold the attempt past its
+    deadline (the attempt gives up on time; the lookup ends on the resolver's own timeout). Not a
+    shared pool: one bot's hanging DNS must not queue every other bot's lookups behind it."""
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["addresses"] = _lookup(host, port)
+        except Exception as exc:  # handed to the caller below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="callback-dns", daemon=True)
+    thread.start()
+    thread.join(max(timeout, 0.001))
+    if thread.is_alive():
+        raise CallbackUnresolved(f"{host} did not resolve within {timeout:g} s")
+    if "error" in outcome:
+        raise CallbackUnresolved(f"{host} does not resolve ({outcome['error']})")
+    addresses = outcome["addresses"]
+    assert isinstance(addresses, tuple)  # noqa: S101 - for the type checker
+    return addresses
+
+
 def resolve(url: str, *, timeout: float) -> Destination:
     """Parse, resolve and check the URL; raises CallbackRefused or CallbackUnresolved."""
     parsed = urlsplit(url)
@@ -117,12 +135,7 @@ def resolve(url: str, *, timeout: float) -> Destination:
     if literal is not None:
         addresses: tuple[IPAddress, ...] = (literal,)
     else:
-        try:
-            addresses = _resolver.submit(_lookup, host, port).result(timeout=max(timeout, 0.001))
-        except FutureTimeout:
-            raise CallbackUnresolved(f"{host} did not resolve within {timeout:g} s") from None
-        except (OSError, UnicodeError, ValueError) as exc:
-            raise CallbackUnresolved(f"{host} does not resolve ({exc})") from None
+        addresses = _lookup_within(host, port, timeout)
         if not addresses:
             raise CallbackUnresolved(f"{host} resolves to no address")
     for address in addresses:

@@ -387,3 +387,20 @@ def test_https_checks_the_certificate_and_sends_sni_for_the_hostname(
     assert good.state == "delivered"
     assert names[0] == "localhost"
     assert bad.state == "pending" and "CERTIFICATE_VERIFY_FAILED" in bad.last_error
+
+
+def test_a_hung_dns_lookup_ends_at_the_deadline_and_is_tried_again(make_integration, limits, deliver_now, monkeypatch):
+    real = socket.getaddrinfo
+
+    def hanging(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "bot.hang.test":  # a resolver that does not answer
+            time.sleep(5)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    integration = make_integration(callback_url="http://bot.hang.test/cb")
+
+    event, elapsed = deliver_now(integration)
+
+    assert elapsed < limits.CALLBACK_TIMEOUT_SECONDS + 1.5
+    assert event.state == "pending" and "did not resolve within" in event.last_error  # a retry, not a refusal
