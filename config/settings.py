@@ -337,7 +337,7 @@ CALLBACK_BACKOFF_MAX_SECONDS = env_float("CALLBACK_BACKOFF_MAX_SECONDS", 900)
 # A delivery that has not reported back within this lease is taken as lost
 # (a crashed worker) and handed to the next attempt. Longer than the deadline, so
 # that a live attempt is never joined by a second one.
-CALLBACK_LEASE_MARGIN_SECONDS = 5.0
+CALLBACK_LEASE_MARGIN_SECONDS = 2.0  # covers the database work around the attempt
 CALLBACK_LEASE_SECONDS = env_float("CALLBACK_LEASE_SECONDS", CALLBACK_TIMEOUT_SECONDS + 30)
 if CALLBACK_TIMEOUT_SECONDS <= 0 or CALLBACK_LEASE_SECONDS < CALLBACK_TIMEOUT_SECONDS + CALLBACK_LEASE_MARGIN_SECONDS:
     raise ImproperlyConfigured(

@@ -97,7 +97,9 @@ def _in_flight(integration_id: str, now: datetime) -> int:
 
 def _lease_seconds() -> float:
     # settings refuse a shorter lease at start-up; this keeps it so under overrides too
-    return max(settings.CALLBACK_LEASE_SECONDS, settings.CALLBACK_TIMEOUT_SECONDS + 1)
+    return max(
+        settings.CALLBACK_LEASE_SECONDS, settings.CALLBACK_TIMEOUT_SECONDS + settings.CALLBACK_LEASE_MARGIN_SECONDS
+    )
 
 
 def _bury_lost_last_attempt(head: CallbackEvent, now: datetime) -> bool:
