@@ -108,6 +108,7 @@ def machine_settings(settings: Any, recorded_jobs: Any) -> Any:
     return settings
 
 
+@pytest.mark.timeout(600)  # shrinking a failure takes a while on a loaded machine
 def test_deliveries_state_machine(machine_settings: Any) -> None:
     Deliveries.TestCase.settings = hypothesis_settings(
         max_examples=25,
