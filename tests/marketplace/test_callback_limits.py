@@ -316,7 +316,7 @@ def test_a_delivery_over_the_limit_waits_without_spending_an_attempt(make_integr
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"CALLBACK_TIMEOUT_SECONDS": "10", "CALLBACK_LEASE_SECONDS": "12"}, "CALLBACK_LEASE_SECONDS"),
+        ({"CALLBACK_TIMEOUT_SECONDS": "10", "CALLBACK_LEASE_SECONDS": "11"}, "CALLBACK_LEASE_SECONDS"),
         ({"CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8,not-a-network"}, "CALLBACK_ALLOWED_NETWORKS"),
         ({"CALLBACK_MAX_IN_FLIGHT_PER_INTEGRATION": "0"}, "CALLBACK_MAX_IN_FLIGHT_PER_INTEGRATION"),
     ],
