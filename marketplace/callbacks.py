@@ -141,7 +141,7 @@ def _claim_head(conversation_id: str) -> CallbackEvent | _Busy | None:
         return BUSY
     with transaction.atomic():
         # FOR NO KEY UPDATE: serializes claims per integration without blocking inserts that reference it.
-        BotIntegration.objects.select_for_update(no_key=True).filter(pk=head.integration_id).exists()
+        list(BotIntegration.objects.select_for_update(no_key=True).filter(pk=head.integration_id).values_list("pk"))
         now = timezone.now()
         if _in_flight(head.integration_id, now) >= limit:
             return BUSY
