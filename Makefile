@@ -30,6 +30,9 @@ install-dev: $(VENV)/.dev
 migrate: install
 	$(BIN)/python manage.py migrate --noinput
 
+# The demo bot's callback endpoint is inside the service, on loopback: allowed explicitly
+# (production allows public addresses only).
+run: export CALLBACK_ALLOWED_NETWORKS ?= 127.0.0.0/8,::1/128
 run: migrate
 	@$(BIN)/python manage.py seed_demo --base-url http://$(HOST):$(PORT) > .seed.json
 	@$(BIN)/python scripts/banner.py .seed.json http://$(HOST):$(PORT)
@@ -39,6 +42,7 @@ run: migrate
 demo-escalation: install
 	$(BIN)/python manage.py demo_escalation --base-url http://$(HOST):$(PORT)
 
+worker: export CALLBACK_ALLOWED_NETWORKS ?= 127.0.0.0/8,::1/128
 worker: install
 	$(BIN)/celery -A config worker -Q celery,callbacks,payouts --pool=threads --concurrency=8 --loglevel=info
 

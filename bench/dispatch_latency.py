@@ -275,6 +275,7 @@ def bench_env(**extra: str) -> dict[str, str]:
         SECRET_KEY="bench-" + "x" * 40,
         ALLOWED_HOSTS="127.0.0.1,localhost",
         SECURE_SSL_REDIRECT="false",  # plain HTTP on loopback, no TLS proxy in front
+        CALLBACK_ALLOWED_NETWORKS="127.0.0.0/8",  # callback receivers on loopback
         LOG_LEVEL=os.environ.get("BENCH_SERVER_LOG_LEVEL", "WARNING"),
         **extra,
     )
@@ -362,6 +363,7 @@ def coordinator(args: argparse.Namespace) -> None:
     os.environ["REDIS_URL"] = redis_url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings_dev")
     os.environ["LOG_LEVEL"] = "WARNING"
+    os.environ["CALLBACK_ALLOWED_NETWORKS"] = "127.0.0.0/8"  # the benchmark's callback receivers are on loopback
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, check=True)
 
     import django

@@ -517,6 +517,7 @@ def main() -> None:
         asyncio.run(agents_role(args.base, tokens, lambda: rng.expovariate(mu), from_offer=True))
         return
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings_dev")
+    os.environ["CALLBACK_ALLOWED_NETWORKS"] = "127.0.0.0/8"  # the benchmark's callback receivers are on loopback
     if args.role == "bot":
         bot_role(
             args.bases.split(","),

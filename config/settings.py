@@ -9,6 +9,7 @@ without its secrets.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -210,9 +211,9 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # workers), so a slow bot never delays offers to agents.
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_TASK_ROUTES = {"marketplace.tasks.deliver_callbacks": {"queue": "callbacks"}}
-# Stripe calls wait on the network too: a queue of their own (served by the same
-# process as callbacks in the Procfile), so neither a slow Stripe delays offers nor
-# a backlog of callbacks to bots delays transfers.
+# Stripe calls wait on the network too: a queue of their own, served by its own
+# process in the Procfile (and its own threads in the embedded runner), so neither a
+# slow Stripe delays offers nor a slow bot's callbacks delay transfers.
 CELERY_TASK_ROUTES.update(
     {f"payouts.tasks.{name}": {"queue": "payouts"} for name in ("submit_transfer", "submit_reversal")}
 )
@@ -387,13 +388,41 @@ SECRET_ROTATION_OVERLAP_SECONDS = env_int("SECRET_ROTATION_OVERLAP_SECONDS", 86_
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(BOT_MAX_BODY_BYTES, REQUEST_MAX_BODY_BYTES)
 
 # Callbacks to bots
+# The total deadline of one attempt: lookup, connect, TLS, send and the answer's headers.
 CALLBACK_TIMEOUT_SECONDS = env_float("CALLBACK_TIMEOUT_SECONDS", 10)
 CALLBACK_MAX_ATTEMPTS = env_int("CALLBACK_MAX_ATTEMPTS", 12)
 CALLBACK_BACKOFF_BASE_SECONDS = env_float("CALLBACK_BACKOFF_BASE_SECONDS", 2)
 CALLBACK_BACKOFF_MAX_SECONDS = env_float("CALLBACK_BACKOFF_MAX_SECONDS", 900)
 # A delivery that has not reported back within this lease is taken as lost
-# (a crashed worker) and handed to the next attempt.
-CALLBACK_LEASE_SECONDS = env_float("CALLBACK_LEASE_SECONDS", CALLBACK_TIMEOUT_SECONDS * 3)
+# (a crashed worker) and handed to the next attempt. Longer than the deadline, so
+# that a live attempt is never joined by a second one.
+CALLBACK_LEASE_MARGIN_SECONDS = 2.0  # covers the database work around the attempt
+CALLBACK_LEASE_SECONDS = env_float("CALLBACK_LEASE_SECONDS", CALLBACK_TIMEOUT_SECONDS + 30)
+if CALLBACK_TIMEOUT_SECONDS <= 0 or CALLBACK_LEASE_SECONDS < CALLBACK_TIMEOUT_SECONDS + CALLBACK_LEASE_MARGIN_SECONDS:
+    raise ImproperlyConfigured(
+        f"CALLBACK_LEASE_SECONDS ({CALLBACK_LEASE_SECONDS:g}) must be at least CALLBACK_TIMEOUT_SECONDS "
+        f"({CALLBACK_TIMEOUT_SECONDS:g}) + {CALLBACK_LEASE_MARGIN_SECONDS:g}, or two deliveries of one event overlap"
+    )
+# At most this much of an answer's body is read (it only goes into the attempt's error).
+CALLBACK_MAX_RESPONSE_BYTES = env_int("CALLBACK_MAX_RESPONSE_BYTES", 4096)
+# A bulkhead: one integration holds at most this many deliveries at once; its other
+# events wait (without spending an attempt) and are looked at again after about
+# CALLBACK_BULKHEAD_WAIT_SECONDS, so one slow bot cannot take every callback worker.
+CALLBACK_MAX_IN_FLIGHT_PER_INTEGRATION = env_int("CALLBACK_MAX_IN_FLIGHT_PER_INTEGRATION", 4)
+CALLBACK_BULKHEAD_WAIT_SECONDS = env_float("CALLBACK_BULKHEAD_WAIT_SECONDS", 1)
+if CALLBACK_MAX_IN_FLIGHT_PER_INTEGRATION < 1 or CALLBACK_BULKHEAD_WAIT_SECONDS <= 0:
+    raise ImproperlyConfigured("CALLBACK_MAX_IN_FLIGHT_PER_INTEGRATION must be >= 1 and the wait positive")
+# Callback URLs must resolve to public addresses, or to one of these networks
+# (comma-separated CIDRs; tests and `make run` allow 127.0.0.0/8). Checked when an
+# integration is created or edited, and again at every delivery.
+CALLBACK_ALLOWED_NETWORKS = env_list("CALLBACK_ALLOWED_NETWORKS", [])
+for _cidr in CALLBACK_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_cidr, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"CALLBACK_ALLOWED_NETWORKS: {_cidr!r} is not a CIDR ({_exc})") from None
+# CA certificates for https callbacks (a file); empty: certifi's bundle.
+CALLBACK_CA_BUNDLE = env_str("CALLBACK_CA_BUNDLE")
 # A delivery job started this long ago that has not run yet is taken as lost (a
 # broker outage) and started again by the sweeper.
 CALLBACK_REKICK_SECONDS = env_float("CALLBACK_REKICK_SECONDS", 60)

@@ -6,22 +6,29 @@ conversation is delivered or dead), every attempt recorded, exponential backoff
 with jitter, and a dead-letter state after settings.CALLBACK_MAX_ATTEMPTS.
 
 Only one delivery per conversation runs at a time: a worker claims the head
-event with a conditional UPDATE that sets a lease, posts without holding any
-lock, then records the outcome. A worker that dies mid-delivery leaves a lease
-that runs out; the periodic sweeper then starts the next attempt.
+event with a conditional UPDATE that sets a lease and counts the attempt (never
+past max_attempts), posts without holding any lock, then records the outcome. A
+worker that dies mid-delivery leaves a lease that runs out; the periodic sweeper
+then starts the next attempt (or dead-letters the event if that was its last).
+
+One attempt is bounded by marketplace.callback_http: a total deadline
+(CALLBACK_TIMEOUT_SECONDS, shorter than the lease, so attempts never overlap),
+a few KiB of the answer read, and only allowed addresses (CALLBACK_ALLOWED_NETWORKS).
+One integration holds at most CALLBACK_MAX_IN_FLIGHT_PER_INTEGRATION deliveries at
+once (a bulkhead); its other events wait without spending an attempt.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import random
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-import requests
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
@@ -30,12 +37,10 @@ from django.utils import timezone
 
 from config import jobs
 
-from . import signing, tasks
-from .models import CallbackAttempt, CallbackEvent, Conversation
+from . import callback_http, signing, tasks
+from .models import BotIntegration, CallbackAttempt, CallbackEvent, Conversation
 
 logger = logging.getLogger(__name__)
-
-_session = requests.Session()
 
 
 def callback_enqueue(*, conversation: Conversation, type: str, data: dict[str, Any]) -> CallbackEvent:
@@ -77,26 +82,102 @@ def backoff_seconds(attempt: int) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not crypto
 
 
-def _claim_head(conversation_id: str) -> CallbackEvent | None:
-    now = timezone.now()
-    head = (
-        CallbackEvent.objects.select_related("integration")
-        .filter(conversation_id=conversation_id, state=CallbackEvent.State.PENDING)
-        .order_by("seq")
-        .first()
+class _Busy:
+    """The integration already has its maximum of deliveries in flight."""
+
+
+BUSY = _Busy()
+
+
+def _in_flight(integration_id: str, now: datetime) -> int:
+    return CallbackEvent.objects.filter(
+        integration_id=integration_id, state=CallbackEvent.State.PENDING, lease_until__gt=now
+    ).count()
+
+
+def _lease_seconds() -> float:
+    # settings refuse a shorter lease at start-up; this keeps it so under overrides too
+    return max(
+        settings.CALLBACK_LEASE_SECONDS, settings.CALLBACK_TIMEOUT_SECONDS + settings.CALLBACK_LEASE_MARGIN_SECONDS
     )
-    if head is None or head.next_attempt_at > now:
-        return None
-    lease = max(settings.CALLBACK_LEASE_SECONDS, settings.CALLBACK_TIMEOUT_SECONDS * 2)
-    claimed = (
-        CallbackEvent.objects.filter(pk=head.pk, state=CallbackEvent.State.PENDING, next_attempt_at__lte=now)
+
+
+def _bury_lost_last_attempt(head: CallbackEvent, now: datetime) -> bool:
+    """An event whose last allowed attempt never reported back (its worker died) is dead, not tried again."""
+    return bool(
+        CallbackEvent.objects.filter(pk=head.pk, state=CallbackEvent.State.PENDING, attempts__gte=F("max_attempts"))
         .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-        .update(lease_until=now + timedelta(seconds=lease), attempts=F("attempts") + 1)
+        .update(
+            state=CallbackEvent.State.DEAD,
+            lease_until=None,
+            last_error=f"attempt {head.attempts} (the last allowed) never reported back: its worker stopped",
+        )
     )
+
+
+def _claim_head(conversation_id: str) -> CallbackEvent | _Busy | None:
+    """Claim the conversation's next due event: a lease, and one more attempt (never past max_attempts).
+
+    BUSY when the integration already has CALLBACK_MAX_IN_FLIGHT_PER_INTEGRATION
+    deliveries in flight; the count and the claim happen under the integration's
+    row lock, so racing workers cannot go over it.
+    """
+    while True:
+        now = timezone.now()
+        head = (
+            CallbackEvent.objects.select_related("integration")
+            .filter(conversation_id=conversation_id, state=CallbackEvent.State.PENDING)
+            .order_by("seq")
+            .first()
+        )
+        if head is None or head.next_attempt_at > now:
+            return None
+        if head.attempts < head.max_attempts:
+            break
+        if not _bury_lost_last_attempt(head, now):
+            return None  # its last attempt is still in flight
+    limit = settings.CALLBACK_MAX_IN_FLIGHT_PER_INTEGRATION
+    if _in_flight(head.integration_id, now) >= limit:  # a read first: waiting costs no lock
+        return BUSY
+    with transaction.atomic():
+        # FOR NO KEY UPDATE: serializes claims per integration without blocking inserts that reference it.
+        list(BotIntegration.objects.select_for_update(no_key=True).filter(pk=head.integration_id).values_list("pk"))
+        now = timezone.now()
+        if _in_flight(head.integration_id, now) >= limit:
+            return BUSY
+        claimed = (
+            CallbackEvent.objects.filter(
+                pk=head.pk,
+                state=CallbackEvent.State.PENDING,
+                next_attempt_at__lte=now,
+                attempts__lt=F("max_attempts"),
+            )
+            .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+            .update(lease_until=now + timedelta(seconds=_lease_seconds()), attempts=F("attempts") + 1)
+        )
     if not claimed:
         return None  # another worker holds it
     head.refresh_from_db(fields=["attempts", "lease_until"])
     return head
+
+
+def _wait_for_room(conversation_id: str) -> None:
+    """Look at the conversation again shortly; one waiting job per conversation, not one per event."""
+    head = (
+        CallbackEvent.objects.filter(conversation_id=conversation_id, state=CallbackEvent.State.PENDING)
+        .order_by("seq")
+        .only("pk", "kicked_at")
+        .first()
+    )
+    if head is None:
+        return
+    wait = settings.CALLBACK_BULKHEAD_WAIT_SECONDS * random.uniform(0.5, 1.5)  # noqa: S311 - jitter
+    # kicked_at also tells the sweeper that a job is on its way; only the job that moves it waits on.
+    moved = CallbackEvent.objects.filter(pk=head.pk, kicked_at=head.kicked_at).update(
+        kicked_at=timezone.now() + timedelta(seconds=wait)
+    )
+    if moved:
+        jobs.enqueue(tasks.deliver_callbacks, conversation_id, countdown=wait)
 
 
 @dataclass
@@ -105,6 +186,7 @@ class _Outcome:
     status_code: int | None
     error: str
     duration_ms: int
+    permanent: bool = False  # refused by policy: no use trying again
 
 
 def _post(event: CallbackEvent) -> _Outcome:
@@ -116,20 +198,28 @@ def _post(event: CallbackEvent) -> _Outcome:
         "X-Platform-Event-Id": event.id,
     }
     started = time.monotonic()
+    deadline = started + settings.CALLBACK_TIMEOUT_SECONDS
+
+    def elapsed() -> int:
+        return int((time.monotonic() - started) * 1000)
+
     try:
-        response = _session.post(
-            event.integration.callback_url,
-            data=body,
-            headers=headers,
-            timeout=settings.CALLBACK_TIMEOUT_SECONDS,
-            allow_redirects=False,
-        )
-    except requests.RequestException as exc:
-        return _Outcome(False, None, f"{type(exc).__name__}: {exc}"[:500], int((time.monotonic() - started) * 1000))
-    duration = int((time.monotonic() - started) * 1000)
-    if 200 <= response.status_code < 300:
-        return _Outcome(True, response.status_code, "", duration)
-    return _Outcome(False, response.status_code, f"HTTP {response.status_code}: {response.text[:200]}", duration)
+        destination = callback_http.resolve(event.integration.callback_url, timeout=deadline - time.monotonic())
+    except callback_http.CallbackRefused as exc:
+        return _Outcome(False, None, str(exc)[:500], elapsed(), permanent=True)
+    except callback_http.CallbackUnresolved as exc:
+        return _Outcome(False, None, f"DNS: {exc}"[:500], elapsed())
+    try:
+        answer = callback_http.post(destination, body, headers, deadline=deadline)
+    except callback_http.DeadlineExceeded:
+        limit = settings.CALLBACK_TIMEOUT_SECONDS
+        return _Outcome(False, None, f"Timeout: no answer within the {limit:g} s deadline", elapsed())
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return _Outcome(False, None, f"{type(exc).__name__}: {exc}"[:500], elapsed())
+    if 200 <= answer.status < 300:
+        return _Outcome(True, answer.status, "", elapsed())
+    text = answer.body_head[:200].decode("utf-8", "replace")
+    return _Outcome(False, answer.status, f"HTTP {answer.status}: {text}", elapsed())
 
 
 @transaction.atomic
@@ -154,7 +244,7 @@ def _record(event: CallbackEvent, outcome: _Outcome, started_at: Any) -> float |
         if not mine.update(state=CallbackEvent.State.DELIVERED, delivered_at=now, lease_until=None, last_error=""):
             logger.warning("callback %s delivered after its lease ran out (the bot dedupes on the id)", event.id)
         return None
-    if event.attempts >= event.max_attempts:
+    if event.attempts >= event.max_attempts or outcome.permanent:
         mine.update(state=CallbackEvent.State.DEAD, lease_until=None, last_error=outcome.error)
         logger.warning("callback %s dead after %s attempts: %s", event.id, event.attempts, outcome.error)
         return 0.0  # the next event of the conversation may go now
@@ -169,6 +259,9 @@ def callbacks_deliver(*, conversation_id: str) -> int:
     """Deliver the conversation's due events in order; returns how many were sent."""
     delivered = 0
     while (event := _claim_head(conversation_id)) is not None:
+        if isinstance(event, _Busy):  # the bot has its share of workers: wait, no attempt spent
+            _wait_for_room(conversation_id)
+            break
         started_at = timezone.now()
         outcome = _post(event)
         delay = _record(event, outcome, started_at)

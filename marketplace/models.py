@@ -17,10 +17,23 @@ from django.db.models import Q
 
 
 def validate_callback_url(value: str) -> None:
-    """http(s) with a host; single-label hosts (a Docker or Kubernetes service name) are fine."""
+    """http(s) with a host that resolves, now, only to allowed addresses (see marketplace.callback_http).
+
+    Single-label hosts (a Docker or Kubernetes service name) are fine when their
+    network is in CALLBACK_ALLOWED_NETWORKS. Delivery checks again, every time.
+    """
+    from .callback_http import CallbackRefused, CallbackUnresolved, resolve
+
     parsed = urlsplit(value)
     if parsed.scheme not in ("http", "https") or not parsed.hostname or any(c.isspace() for c in value):
         raise ValidationError("Enter an http:// or https:// URL with a host.", code="invalid")
+    try:
+        resolve(value, timeout=min(settings.CALLBACK_TIMEOUT_SECONDS, 10))
+    except CallbackRefused as exc:
+        reason = str(exc).removeprefix("refused: ")
+        raise ValidationError(f"Not an allowed callback URL: {reason}.", code="forbidden_address") from None
+    except CallbackUnresolved as exc:
+        raise ValidationError(f"Not an allowed callback URL: {exc}.", code="unresolved") from None
 
 
 def prefixed_id(prefix: str) -> str:
@@ -313,6 +326,10 @@ class CallbackEvent(models.Model):
         indexes = [
             models.Index(fields=["state", "next_attempt_at"]),
             models.Index(fields=["conversation", "state", "seq"]),
+            # the bulkhead counts an integration's deliveries in flight (leases) on every claim
+            models.Index(
+                fields=["integration", "lease_until"], condition=Q(state="pending"), name="callback_event_in_flight"
+            ),
         ]
 
     def __str__(self) -> str:

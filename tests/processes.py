@@ -56,6 +56,7 @@ def service_env(**extra: str) -> dict[str, str]:
         DEBUG="true",
         TASK_RUNNER="celery",
         PYTHONUNBUFFERED="1",
+        CALLBACK_ALLOWED_NETWORKS="127.0.0.0/8",  # the tests' callback receivers are on loopback
     )
     env.update(extra)
     return env

@@ -76,3 +76,29 @@ def test_retry_action_revives_a_dead_callback(admin_client, populated):
     event.refresh_from_db()
     assert (event.state, event.attempts, event.max_attempts) == ("pending", 12, 24)
     assert Conversation.objects.get().status == "assigned"
+
+
+def test_the_integration_form_refuses_an_internal_callback_url(admin_client, settings):
+    from marketplace.models import BotIntegration
+
+    settings.CALLBACK_ALLOWED_NETWORKS = []
+    form = {"name": "sneaky", "callback_url": "http://169.254.169.254/latest/meta-data/", "active": "on"}
+
+    response = admin_client.post(reverse("admin:marketplace_botintegration_add"), form)
+
+    assert response.status_code == 200  # the form again, with the error on the field
+    errors = response.context["adminform"].form.errors
+    assert "not a public address" in " ".join(errors["callback_url"])
+    assert not BotIntegration.objects.exists()
+
+
+def test_editing_an_integration_in_admin_checks_the_url_again(admin_client, integration, settings):
+    settings.CALLBACK_ALLOWED_NETWORKS = []
+    url = reverse("admin:marketplace_botintegration_change", args=[quote(integration.pk)])
+
+    response = admin_client.post(url, {"name": integration.name, "callback_url": "http://10.0.0.7/cb", "active": "on"})
+
+    assert response.status_code == 200
+    assert "callback_url" in response.context["adminform"].form.errors
+    integration.refresh_from_db()
+    assert integration.callback_url == "http://127.0.0.1:9/callbacks"

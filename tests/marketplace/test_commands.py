@@ -23,10 +23,11 @@ def run(*args: str) -> dict:
 
 
 def test_create_bot_integration_prints_id_and_secret():
-    result = run("create_bot_integration", "Acme bot", "--callback-url", "https://bot.example.com/hooks")
+    # A public address (a literal: the tests resolve no outside name and never call it).
+    result = run("create_bot_integration", "Acme bot", "--callback-url", "https://93.184.215.14/hooks")
     integration = BotIntegration.objects.get(pk=result["id"])
     assert result["secret"] == integration.secret
-    assert integration.callback_url == "https://bot.example.com/hooks"
+    assert integration.callback_url == "https://93.184.215.14/hooks"
     assert integration.active
 
 
@@ -112,16 +113,36 @@ def test_seed_demo_is_idempotent():
     assert first["pay_rules"] == again["pay_rules"] and len(first["pay_rules"]) == PayRule.objects.count() == 5
 
 
-def test_a_service_name_is_a_fine_callback_host():
-    result = run("create_bot_integration", "in-cluster", "--callback-url", "http://botsvc:8080/cb")
-    assert BotIntegration.objects.get(pk=result["id"]).callback_url == "http://botsvc:8080/cb"
+def test_a_service_name_is_a_fine_callback_host_when_its_network_is_allowed():
+    # `localhost` stands in for a service name: one label, resolving to an allowed network (tests allow loopback).
+    result = run("create_bot_integration", "in-cluster", "--callback-url", "http://localhost:8080/cb")
+    assert BotIntegration.objects.get(pk=result["id"]).callback_url == "http://localhost:8080/cb"
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data/", "http://localhost:8000/admin/"])
+def test_create_bot_integration_refuses_an_internal_address(url, settings):
+    settings.CALLBACK_ALLOWED_NETWORKS = []  # production's default: public addresses only
+    with pytest.raises(CommandError, match=r"--callback-url: Not an allowed callback URL: .* not a public address"):
+        run("create_bot_integration", "x", "--callback-url", url)
+    assert not BotIntegration.objects.exists()
+
+
+def test_create_bot_integration_refuses_a_host_that_does_not_resolve(monkeypatch):
+    import socket
+
+    def no_such_host(*args, **kwargs):  # the resolver's answer, without asking a DNS server off this machine
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+    with pytest.raises(CommandError, match="does not resolve"):
+        run("create_bot_integration", "x", "--callback-url", "http://no-such-host.invalid/cb")
 
 
 @pytest.mark.parametrize(
     "args",
     [
-        ("create_bot_integration", "x" * 200, "--callback-url", "https://bot.example.com"),
-        ("create_bot_integration", "x", "--callback-url", "https://bot.example.com", "--rate-limit", "-5"),
+        ("create_bot_integration", "x" * 200, "--callback-url", "https://93.184.215.14"),
+        ("create_bot_integration", "x", "--callback-url", "https://93.184.215.14", "--rate-limit", "-5"),
         ("create_agent", "bad user!", "--password", "s3cret-pass"),
         ("create_agent", "u" * 200, "--password", "s3cret-pass"),
         ("create_agent", "ok", "--password", "s3cret-pass", "--display-name", "d" * 100),
@@ -146,3 +167,9 @@ def test_seed_demo_follows_the_address_it_runs_on():
     run("seed_demo")
     run("seed_demo", "--base-url", "http://127.0.0.1:9000")
     assert BotIntegration.objects.get().callback_url == "http://127.0.0.1:9000/demo/bot/callbacks"
+
+
+def test_seed_demo_says_clearly_when_loopback_callbacks_are_not_allowed(settings):
+    settings.CALLBACK_ALLOWED_NETWORKS = []
+    with pytest.raises(CommandError, match="CALLBACK_ALLOWED_NETWORKS=127.0.0.0/8"):
+        run("seed_demo")

@@ -2,7 +2,8 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from marketplace import services
 from marketplace.models import Agent, BotIntegration
@@ -43,13 +44,20 @@ class Command(BaseCommand):
             result["admin"] = {"username": "admin", "password": DEMO_ADMIN_PASSWORD}
         callback_url = options["base_url"].rstrip("/") + "/demo/bot/callbacks"
         integration = BotIntegration.objects.filter(name="Demo bot").first()
-        if integration is None:
-            integration = services.integration_create(
-                data=services.IntegrationInput(name="Demo bot", callback_url=callback_url)
-            )
-            created.append(f"integration {integration.id}")
-        elif integration.callback_url != callback_url:  # the demo now runs on another address
-            integration = services.integration_set_callback_url(integration_id=integration.pk, url=callback_url)
+        try:
+            if integration is None:
+                integration = services.integration_create(
+                    data=services.IntegrationInput(name="Demo bot", callback_url=callback_url)
+                )
+                created.append(f"integration {integration.id}")
+            elif integration.callback_url != callback_url:  # the demo now runs on another address
+                integration = services.integration_set_callback_url(integration_id=integration.pk, url=callback_url)
+        except ValidationError as exc:
+            # The demo bot answers inside this service: its address must be allowed (make run allows loopback).
+            problems = "; ".join(" ".join(msgs) for msgs in exc.message_dict.values())
+            raise CommandError(
+                f"the demo bot's callback URL {callback_url}: {problems} (set CALLBACK_ALLOWED_NETWORKS=127.0.0.0/8)"
+            ) from exc
         result["integration"] = {
             "id": integration.id,
             "secret": integration.secret,
