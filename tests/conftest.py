@@ -83,6 +83,17 @@ def _isolated_runtime(settings: Any) -> Iterator[None]:
     yield
     jobs.runner.clear()
     assert jobs.runner.wait_idle(timeout=30), "a background job is still running after the test"
+    _close_connections_of_the_async_thread()
+
+
+def _close_connections_of_the_async_thread() -> None:
+    """An async test's ORM calls run on asgiref's one thread-sensitive thread, whose database
+    connection outlives the test; a fault test that terminates the database's sessions would
+    leave it dead for whichever async test comes next. Each test starts with a fresh one."""
+    from asgiref.sync import async_to_sync, sync_to_async
+    from django.db import connections
+
+    async_to_sync(sync_to_async(connections.close_all))()
 
 
 @dataclass

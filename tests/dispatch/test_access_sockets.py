@@ -1,4 +1,4 @@
-"""Sockets die with the token or session they were opened with (../shared/API.md section 4):
+"""Sockets die with the token or session they were opened with (docs/API.md, agents):
 logout, a password change, a suspension, expiry; and an agent holds at most AGENT_MAX_SOCKETS.
 In-process (real consumer, real channel layer: Redis when REDIS_URL is set); across real
 processes in tests/faults/test_access_processes.py."""

@@ -1,4 +1,4 @@
-"""Agent access over REST (../shared/API.md section 4): tokens expire and are revoked, a suspended
+"""Agent access over REST (docs/API.md, agents): tokens expire and are revoked, a suspended
 agent keeps no access, failed logins are locked out per username and per address (429 with
 Retry-After), and every password meets the validators."""
 

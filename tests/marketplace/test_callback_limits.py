@@ -324,15 +324,15 @@ def test_a_delivery_over_the_limit_waits_without_spending_an_attempt(make_integr
 def test_settings_refuse_a_lease_shorter_than_the_deadline_and_bad_networks(env, message):
     from ..test_settings import load_settings
 
-    result = load_settings(**env)
+    result = load_settings(DEBUG="true", **env)
     assert result.returncode != 0 and "ImproperlyConfigured" in result.stderr and message in result.stderr
 
 
 def test_default_lease_outlasts_the_default_deadline():
     from ..test_settings import load_settings
 
-    assert load_settings().returncode == 0
-    result = load_settings(CALLBACK_TIMEOUT_SECONDS="60")  # the lease follows the deadline when not set
+    assert load_settings(DEBUG="true").returncode == 0
+    result = load_settings(DEBUG="true", CALLBACK_TIMEOUT_SECONDS="60")  # the lease follows the deadline when not set
     assert result.returncode == 0, result.stderr
 
 
