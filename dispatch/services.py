@@ -11,8 +11,9 @@ only after commit.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -38,6 +39,8 @@ from . import events, selectors, tasks
 from .models import AgentConnection, Assignment, Offer, ServerHeartbeat
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class OfferNotOpen(Conflict):
@@ -634,8 +637,50 @@ def agent_set_status(*, agent_id: str, status: str, actor: str) -> Agent:
     return agent
 
 
+class _WorkChanged(Exception):
+    """The agent's work changed between reading it and locking it: roll back and read it again."""
+
+
+def _work_of(agent_id: str) -> set[str]:
+    """Ids of the conversations assigned to the agent or offered to it now."""
+    assigned = selectors.active_conversations(agent_id).values_list("pk", flat=True)
+    offered = Offer.objects.filter(agent_id=agent_id, state=Offer.State.PENDING).values_list(
+        "conversation_id", flat=True
+    )
+    return {*assigned, *offered}
+
+
+def _with_agent_and_work_locked(agent_id: str, body: Callable[[Agent], T], *, tries: int = 5) -> T:
+    """Run `body(agent)` in ONE transaction that holds the locks of the agent's conversations, then the agent's.
+
+    The verb starts from the agent, but the lock order is Conversation, then Offer,
+    then Agent: so its work is read without locks, its conversations are locked (in
+    id order), then the agent, and the work read again. While the agent's row is held
+    nobody can give it more (an offer skips a locked agent; an acceptance waits for
+    it), so if the work is still what was locked, it stays so until the commit; if
+    it grew in between, everything rolls back and it starts over. Whatever `body`
+    does commits together or not at all.
+    """
+    for _ in range(tries):
+        try:
+            with transaction.atomic():
+                work = _work_of(agent_id)
+                list(Conversation.objects.select_for_update().filter(pk__in=work).order_by("pk").values_list("pk"))
+                agent = Agent.objects.select_for_update().get(pk=agent_id)
+                if not _work_of(agent_id) <= work:
+                    raise _WorkChanged()
+                return body(agent)
+        except _WorkChanged:
+            continue
+    raise Conflict("The agent's work kept changing; try again.", code="agent_busy")
+
+
 def agent_release_work(*, agent_id: str, reason: str) -> int:
-    """Withdraw the agent's offer and re-queue its conversations at the front."""
+    """Withdraw the agent's offer and re-queue its conversations at the front.
+
+    Called inside `_with_agent_and_work_locked` (it does not lock on its own in the
+    fixed order): one transaction, so the agent never ends up offline with work.
+    """
     offer_withdraw_for_agent(agent_id=agent_id, detail=reason)
     conversation_ids = list(selectors.active_conversations(agent_id).values_list("pk", flat=True))
     for conversation_id in conversation_ids:
@@ -644,17 +689,25 @@ def agent_release_work(*, agent_id: str, reason: str) -> int:
 
 
 def agent_force_offline(*, agent_id: str, actor: str) -> Agent:
-    """Admin: take the agent offline now and pass its work on."""
-    agent = agent_set_status(agent_id=agent_id, status=Agent.Status.OFFLINE, actor=actor)
-    agent_release_work(agent_id=agent_id, reason="agent_offline")
-    return agent
+    """Admin: take the agent offline now and pass its work on (all or nothing)."""
+
+    def force(agent: Agent) -> Agent:
+        agent = agent_set_status(agent_id=agent_id, status=Agent.Status.OFFLINE, actor=actor)
+        agent_release_work(agent_id=agent_id, reason="agent_offline")
+        return agent
+
+    return _with_agent_and_work_locked(agent_id, force)
 
 
 def agent_suspend(*, agent_id: str, actor: str) -> Agent:
-    """Admin: suspend the agent (it goes offline and cannot come back) and pass its work on."""
-    agent = agent_set_approval(agent_id=agent_id, approval=Agent.Approval.SUSPENDED, actor=actor)
-    agent_release_work(agent_id=agent_id, reason="agent_suspended")
-    return agent
+    """Admin: suspend the agent (it goes offline and cannot come back) and pass its work on (all or nothing)."""
+
+    def suspend(agent: Agent) -> Agent:
+        agent = agent_set_approval(agent_id=agent_id, approval=Agent.Approval.SUSPENDED, actor=actor)
+        agent_release_work(agent_id=agent_id, reason="agent_suspended")
+        return agent
+
+    return _with_agent_and_work_locked(agent_id, suspend)
 
 
 @transaction.atomic
@@ -681,22 +734,31 @@ def connection_close(*, channel_name: str) -> None:
 
 
 def presence_release_if_gone(*, agent_id: str) -> bool:
-    """After the grace period: an agent still without a connection goes offline and its work moves on."""
-    with transaction.atomic():
-        agent = Agent.objects.select_for_update().get(pk=agent_id)
+    """After the grace period: an agent still without a connection goes offline and its work moves on.
+
+    One transaction: the agent goes offline together with the withdrawal of its
+    offer and the re-queue of each of its conversations, or nothing happens and
+    the agent keeps `disconnected_at`, so the presence sweeper tries again.
+    """
+
+    def release(agent: Agent) -> tuple[str, int] | None:
         grace = timedelta(seconds=settings.PRESENCE_GRACE_SECONDS)
         if agent.disconnected_at is None or timezone.now() - agent.disconnected_at < grace:
-            return False
+            return None
         if AgentConnection.objects.filter(agent_id=agent_id).exists():
-            return False
-        agent.disconnected_at = None
+            return None
         was = agent.status
+        agent.disconnected_at = None
         agent.status = Agent.Status.OFFLINE
         agent.status_changed_at = timezone.now()
         agent.save(update_fields=["disconnected_at", "status", "status_changed_at"])
         events.send_on_commit(agent.pk, {"type": "presence", "status": Agent.Status.OFFLINE, "reason": "disconnected"})
-    moved = agent_release_work(agent_id=agent_id, reason="agent_disconnected")
-    logger.info("%s gone past the grace period (was %s): offline, %s conversation(s) re-queued", agent_id, was, moved)
+        return was, agent_release_work(agent_id=agent_id, reason="agent_disconnected")
+
+    released = _with_agent_and_work_locked(agent_id, release)
+    if released is None:
+        return False
+    logger.info("%s gone past the grace period (was %s): offline, %s conversation(s) re-queued", agent_id, *released)
     return True
 
 
@@ -722,7 +784,10 @@ def presence_sweep() -> int:
         closed += 1
     grace_cutoff = timezone.now() - timedelta(seconds=settings.PRESENCE_GRACE_SECONDS)
     for agent_id in Agent.objects.filter(disconnected_at__lt=grace_cutoff).values_list("pk", flat=True):
-        presence_release_if_gone(agent_id=agent_id)
+        try:
+            presence_release_if_gone(agent_id=agent_id)
+        except Exception:  # nothing of it was written; the next sweep tries again, the others go on now
+            logger.exception("releasing %s failed; the next sweep retries", agent_id)
     return closed
 
 
