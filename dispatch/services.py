@@ -140,14 +140,22 @@ def hello_payload(agent_id: str) -> dict[str, Any]:
 
 
 @transaction.atomic
-def offer_create(*, conversation_id: str, agent_id: str) -> Offer:
-    """Offer a queued conversation to an agent who can take it now, with the pay quoted."""
+def offer_create(*, conversation_id: str, agent_id: str, wait_for_agent: bool = False) -> Offer:
+    """Offer a queued conversation to an agent who can take it now, with the pay quoted.
+
+    By default a locked agent row is skipped (AgentUnavailable): another dispatcher
+    holding it is about to offer it something, so the caller moves on to the next
+    candidate rather than queue behind it (dispatch jobs in parallel rank the same
+    agents first). `wait_for_agent` waits for the lock instead: for the agent's own
+    dispatch job, which has no other candidate, and whose agent row may be held for
+    a reason that has nothing to do with offers (its earning being released after
+    a resolve, a rating counted, a second device connecting). Waiting is safe: the
+    holders of an agent's row lock never wait for a conversation after it.
+    """
     conversation = Conversation.objects.select_for_update().get(pk=conversation_id)
     if conversation.status != Conversation.Status.QUEUED:
         raise OfferNotOpen("The conversation is not waiting for an offer.")
-    # Another dispatcher holding this agent's row is about to offer it something: move on
-    # rather than queue behind it (dispatch jobs in parallel rank the same agents first).
-    agent = Agent.objects.select_for_update(skip_locked=True).filter(pk=agent_id).first()
+    agent = Agent.objects.select_for_update(skip_locked=not wait_for_agent).filter(pk=agent_id).first()
     if (
         agent is None
         or agent.approval != Agent.Approval.APPROVED
@@ -375,12 +383,15 @@ def conversation_dispatch(*, conversation_id: str) -> Offer | None:
     return None
 
 
-def agent_dispatch(*, agent_id: str) -> Offer | None:
+def agent_dispatch(*, agent_id: str, wait_for_agent: bool = False) -> Offer | None:
     """An agent has room: offer it the first waiting conversation it may take.
 
     When several agents free up at once they all want the head of the queue;
     each claims a conversation with SKIP LOCKED and moves on past the ones
     another dispatcher holds, so none of them gives up while work waits.
+    `wait_for_agent` (the agent's own job, `tasks.dispatch_agent`) waits for the
+    agent's row rather than skip it: skipping it gave up on the only agent the job
+    is for, and a freed agent waited for the sweeper (issue 11.3).
     """
     agent = selectors.available_agents().filter(pk=agent_id).first()
     if agent is None:
@@ -396,7 +407,7 @@ def agent_dispatch(*, agent_id: str) -> Offer | None:
                 )
                 if claimed is None:
                     continue  # another dispatcher has it, or it is no longer waiting
-                return offer_create(conversation_id=conversation_id, agent_id=agent_id)
+                return offer_create(conversation_id=conversation_id, agent_id=agent_id, wait_for_agent=wait_for_agent)
         except OfferNotOpen:
             continue
         except AgentUnavailable:

@@ -1,0 +1,92 @@
+"""Issue 11.3: an agent freed by a resolve is offered the waiting conversation at once.
+
+On PostgreSQL with real concurrency: the agent's socket (the real consumer and
+channel layer), background jobs on the in-process thread runner as in the
+embedded default (the earning release and the dispatch job run in parallel on
+its pool, as on Celery's threads in production), and the dispatch sweeper
+running on its production period, as it does in production, to recover
+whatever the hand-off misses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import threading
+from collections.abc import Iterator
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.conf import settings as django_settings
+from django.db import connections
+
+from config import jobs
+from dispatch import services as dispatch
+from payouts.models import Earning
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True), pytest.mark.timeout(600)]
+
+
+@pytest.fixture
+def dispatch_sweeper() -> Iterator[None]:
+    """The dispatch sweeper on its production period, in a thread of its own, stopped after the test."""
+    stop = threading.Event()
+
+    def sweep() -> None:
+        try:
+            while not stop.wait(float(str(django_settings.PERIODIC_JOBS["dispatch-sweep"]["seconds"]))):
+                dispatch.dispatch_sweep()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=sweep, name="dispatch-sweeper", daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(timeout=30)
+
+
+@pytest.fixture
+def integration(make_integration, callback_receiver):
+    """The bot answers its callbacks (a real HTTP server), as a bot does: no retries piling up beside the test."""
+    return make_integration(callback_url=callback_receiver.url)
+
+
+TRIES = 50
+WITHIN = 0.3  # seconds from the resolve to the next offer on the agent's socket
+
+
+async def test_the_next_offer_reaches_the_freed_agent_within_300_ms_every_time(
+    make_agent, escalate, online_socket, dispatch_sweeper, settings
+):
+    settings.PAYOUT_HOLD_SECONDS = 0  # the earning is released (the agent's row locked) right after the resolve
+    agent = await sync_to_async(make_agent)(online=False, capacity=1)
+    socket = await online_socket(agent)
+    current = await sync_to_async(escalate)(summary="first")
+    offer = await socket.expect("offer", conversation_id=current.pk)
+    await socket.send(type="offer.accept", offer_id=offer["offer_id"])
+    await socket.expect("conversation.assigned")
+
+    latencies: list[float] = []
+    for n in range(TRIES):
+        waiting = await sync_to_async(escalate)(summary=f"waiting {n}")  # the agent is full: it waits
+        assert await sync_to_async(jobs.runner.wait_idle)(10)  # its own dispatch job found nobody
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await socket.send(type="conversation.resolve", conversation_id=current.pk, outcome="resolved", note="")
+        offer = await socket.expect("offer", within=10, conversation_id=waiting.pk)
+        latencies.append(loop.time() - started)
+        await socket.send(type="offer.accept", offer_id=offer["offer_id"])
+        await socket.expect("conversation.assigned")
+        current = waiting
+    await socket.close()
+
+    released = await Earning.objects.filter(agent=agent, state="released").acount()
+    await sync_to_async(connections.close_all)()
+    assert released >= TRIES - 5  # the earning release did run beside each hand-off
+    figures = (
+        f"p50 {statistics.median(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms, "
+        f"over {WITHIN * 1000:.0f} ms: {sum(t > WITHIN for t in latencies)} of {TRIES}"
+    )
+    print(f"resolve -> next offer on the socket: {figures}")  # noqa: T201 - the figure the docs quote
+    assert all(t <= WITHIN for t in latencies), figures
