@@ -148,14 +148,17 @@ def offer_create(*, conversation_id: str, agent_id: str, wait_for_agent: bool = 
     candidate rather than queue behind it (dispatch jobs in parallel rank the same
     agents first). `wait_for_agent` waits for the lock instead: for the agent's own
     dispatch job, which has no other candidate, and whose agent row may be held for
-    a reason that has nothing to do with offers (its earning being released after
-    a resolve, a rating counted, a second device connecting). Waiting is safe: the
+    a reason that has nothing to do with offers (a rating counted, a second device
+    connecting). Waiting is safe: the
     holders of an agent's row lock never wait for a conversation after it.
     """
     conversation = Conversation.objects.select_for_update().get(pk=conversation_id)
     if conversation.status != Conversation.Status.QUEUED:
         raise OfferNotOpen("The conversation is not waiting for an offer.")
-    agent = Agent.objects.select_for_update(skip_locked=not wait_for_agent).filter(pk=agent_id).first()
+    # FOR NO KEY UPDATE: an offer never changes the agent's key, and this strength does not
+    # conflict with the KEY SHARE lock that every insert referencing the agent takes (an
+    # earning, a transfer, a message), which plain FOR UPDATE SKIP LOCKED would skip.
+    agent = Agent.objects.select_for_update(skip_locked=not wait_for_agent, no_key=True).filter(pk=agent_id).first()
     if (
         agent is None
         or agent.approval != Agent.Approval.APPROVED

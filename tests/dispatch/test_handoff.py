@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
-from django.db import connections
+from django.db import connection, connections, transaction
 
 from config import jobs
 from dispatch import services as dispatch
@@ -102,3 +102,35 @@ async def test_the_next_offer_reaches_the_freed_agent_within_300_ms_every_time(
     )
     print(f"resolve committed -> next offer on the socket: {figures}")  # noqa: T201 - the figure the docs quote
     assert all(t <= WITHIN for t in latencies), figures
+
+
+def test_an_insert_referencing_the_agent_does_not_make_an_offer_skip_it(escalate, make_agent, recorded_jobs):
+    """Every insert that references the agent (an earning, a transfer, a message) takes a KEY SHARE lock on
+    its row while its foreign key is checked; an offer's lock must not conflict with it (FOR NO KEY UPDATE)."""
+    from dispatch.models import AgentConnection
+
+    agent = make_agent()
+    conversation = escalate()
+    recorded_jobs.clear()
+    inserted, finish = threading.Event(), threading.Event()
+
+    def insert_and_hold() -> None:
+        try:
+            with transaction.atomic():
+                with connection.cursor() as cursor:
+                    cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # check the key now: KEY SHARE on the agent
+                AgentConnection.objects.create(channel_name="phone", agent=agent, server_id="web-1")
+                inserted.set()
+                finish.wait(10)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=insert_and_hold)
+    holder.start()
+    try:
+        assert inserted.wait(10)
+        offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
+    finally:
+        finish.set()
+        holder.join(10)
+    assert offer.agent_id == agent.pk
