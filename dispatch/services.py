@@ -149,8 +149,8 @@ def offer_create(*, conversation_id: str, agent_id: str, wait_for_agent: bool = 
     agents first). `wait_for_agent` waits for the lock instead: for the agent's own
     dispatch job, which has no other candidate, and whose agent row may be held for
     a reason that has nothing to do with offers (a rating counted, a second device
-    connecting). Waiting is safe: the
-    holders of an agent's row lock never wait for a conversation after it.
+    connecting). Waiting is safe: the holders of an agent's row lock never wait
+    for a conversation after it.
     """
     conversation = Conversation.objects.select_for_update().get(pk=conversation_id)
     if conversation.status != Conversation.Status.QUEUED:
