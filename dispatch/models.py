@@ -43,7 +43,11 @@ class Offer(models.Model):
                 fields=["conversation"], condition=Q(state="pending"), name="offer_one_open_per_conversation"
             ),
         ]
-        indexes = [models.Index(fields=["state", "expires_at"])]
+        indexes = [
+            models.Index(fields=["state", "expires_at"]),
+            # The answer time: the latest accepted offers (marketplace.selectors.answer_seconds).
+            models.Index(fields=["state", "responded_at"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.id} {self.conversation_id} -> {self.agent_id} ({self.state})"
@@ -139,7 +143,11 @@ class Assignment(models.Model):
                 fields=["conversation"], condition=Q(ended_at__isnull=True), name="assignment_one_open_per_conversation"
             ),
         ]
-        indexes = [models.Index(fields=["agent", "started_at"])]
+        indexes = [
+            models.Index(fields=["agent", "started_at"]),
+            # The handle time: the latest resolutions (marketplace.selectors.handle_seconds).
+            models.Index(fields=["end_reason", "ended_at"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.conversation_id} with {self.agent_id} from {self.started_at:%Y-%m-%d %H:%M}"

@@ -11,8 +11,9 @@ only after commit.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.cache import cache
@@ -39,6 +40,8 @@ from . import events, selectors, tasks
 from .models import AgentConnection, Assignment, Offer, ServerHeartbeat
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class OfferNotOpen(Conflict):
@@ -174,14 +177,25 @@ def hello_payload(agent_id: str) -> dict[str, Any]:
 
 
 @transaction.atomic
-def offer_create(*, conversation_id: str, agent_id: str) -> Offer:
-    """Offer a queued conversation to an agent who can take it now, with the pay quoted."""
+def offer_create(*, conversation_id: str, agent_id: str, wait_for_agent: bool = False) -> Offer:
+    """Offer a queued conversation to an agent who can take it now, with the pay quoted.
+
+    By default a locked agent row is skipped (AgentUnavailable): another dispatcher
+    holding it is about to offer it something, so the caller moves on to the next
+    candidate rather than queue behind it (dispatch jobs in parallel rank the same
+    agents first). `wait_for_agent` waits for the lock instead: for the agent's own
+    dispatch job, which has no other candidate, and whose agent row may be held for
+    a reason that has nothing to do with offers (a rating counted, a second device
+    connecting). Waiting is safe: the holders of an agent's row lock never wait
+    for a conversation after it.
+    """
     conversation = Conversation.objects.select_for_update().get(pk=conversation_id)
     if conversation.status != Conversation.Status.QUEUED:
         raise OfferNotOpen("The conversation is not waiting for an offer.")
-    # Another dispatcher holding this agent's row is about to offer it something: move on
-    # rather than queue behind it (dispatch jobs in parallel rank the same agents first).
-    agent = Agent.objects.select_for_update(skip_locked=True).filter(pk=agent_id).first()
+    # FOR NO KEY UPDATE: an offer never changes the agent's key, and this strength does not
+    # conflict with the KEY SHARE lock that every insert referencing the agent takes (an
+    # earning, a transfer, a message), which plain FOR UPDATE SKIP LOCKED would skip.
+    agent = Agent.objects.select_for_update(skip_locked=not wait_for_agent, no_key=True).filter(pk=agent_id).first()
     if (
         agent is None
         or agent.approval != Agent.Approval.APPROVED
@@ -407,12 +421,15 @@ def conversation_dispatch(*, conversation_id: str) -> Offer | None:
     return None
 
 
-def agent_dispatch(*, agent_id: str) -> Offer | None:
+def agent_dispatch(*, agent_id: str, wait_for_agent: bool = False) -> Offer | None:
     """An agent has room: offer it the first waiting conversation it may take.
 
     When several agents free up at once they all want the head of the queue;
     each claims a conversation with SKIP LOCKED and moves on past the ones
     another dispatcher holds, so none of them gives up while work waits.
+    `wait_for_agent` (the agent's own job, `tasks.dispatch_agent`) waits for the
+    agent's row rather than skip it: skipping it gave up on the only agent the job
+    is for, and a freed agent waited for the sweeper (issue 11.3).
     """
     agent = selectors.available_agents().filter(pk=agent_id).first()
     if agent is None:
@@ -428,7 +445,7 @@ def agent_dispatch(*, agent_id: str) -> Offer | None:
                 )
                 if claimed is None:
                     continue  # another dispatcher has it, or it is no longer waiting
-                return offer_create(conversation_id=conversation_id, agent_id=agent_id)
+                return offer_create(conversation_id=conversation_id, agent_id=agent_id, wait_for_agent=wait_for_agent)
         except OfferNotOpen:
             continue
         except AgentUnavailable:
@@ -672,8 +689,50 @@ def agent_set_status(*, agent_id: str, status: str, actor: str, reason: str = ""
     return agent
 
 
+class _WorkChanged(Exception):
+    """The agent's work changed between reading it and locking it: roll back and read it again."""
+
+
+def _work_of(agent_id: str) -> set[str]:
+    """Ids of the conversations assigned to the agent or offered to it now."""
+    assigned = selectors.active_conversations(agent_id).values_list("pk", flat=True)
+    offered = Offer.objects.filter(agent_id=agent_id, state=Offer.State.PENDING).values_list(
+        "conversation_id", flat=True
+    )
+    return {*assigned, *offered}
+
+
+def _with_agent_and_work_locked(agent_id: str, body: Callable[[Agent], T], *, tries: int = 5) -> T:
+    """Run `body(agent)` in ONE transaction that holds the locks of the agent's conversations, then the agent's.
+
+    The verb starts from the agent, but the lock order is Conversation, then Offer,
+    then Agent: so its work is read without locks, its conversations are locked (in
+    id order), then the agent, and the work read again. While the agent's row is held
+    nobody can give it more (an offer skips a locked agent; an acceptance waits for
+    it), so if the work is still what was locked, it stays so until the commit; if
+    it grew in between, everything rolls back and it starts over. Whatever `body`
+    does commits together or not at all.
+    """
+    for _ in range(tries):
+        try:
+            with transaction.atomic():
+                work = _work_of(agent_id)
+                list(Conversation.objects.select_for_update().filter(pk__in=work).order_by("pk").values_list("pk"))
+                agent = Agent.objects.select_for_update().get(pk=agent_id)
+                if not _work_of(agent_id) <= work:
+                    raise _WorkChanged()
+                return body(agent)
+        except _WorkChanged:
+            continue
+    raise Conflict("The agent's work kept changing; try again.", code="agent_busy")
+
+
 def agent_release_work(*, agent_id: str, reason: str) -> int:
-    """Withdraw the agent's offer and re-queue its conversations at the front."""
+    """Withdraw the agent's offer and re-queue its conversations at the front.
+
+    Called inside `_with_agent_and_work_locked` (it does not lock on its own in the
+    fixed order): one transaction, so the agent never ends up offline with work.
+    """
     offer_withdraw_for_agent(agent_id=agent_id, detail=reason)
     conversation_ids = list(selectors.active_conversations(agent_id).values_list("pk", flat=True))
     for conversation_id in conversation_ids:
@@ -682,17 +741,25 @@ def agent_release_work(*, agent_id: str, reason: str) -> int:
 
 
 def agent_force_offline(*, agent_id: str, actor: str) -> Agent:
-    """Admin: take the agent offline now and pass its work on."""
-    agent = agent_set_status(agent_id=agent_id, status=Agent.Status.OFFLINE, actor=actor, reason="operator")
-    agent_release_work(agent_id=agent_id, reason="agent_offline")
-    return agent
+    """Admin: take the agent offline now and pass its work on (all or nothing)."""
+
+    def force(agent: Agent) -> Agent:
+        agent = agent_set_status(agent_id=agent_id, status=Agent.Status.OFFLINE, actor=actor, reason="operator")
+        agent_release_work(agent_id=agent_id, reason="agent_offline")
+        return agent
+
+    return _with_agent_and_work_locked(agent_id, force)
 
 
 def agent_suspend(*, agent_id: str, actor: str) -> Agent:
-    """Admin: suspend the agent (it goes offline and cannot come back) and pass its work on."""
-    agent = agent_set_approval(agent_id=agent_id, approval=Agent.Approval.SUSPENDED, actor=actor)
-    agent_release_work(agent_id=agent_id, reason="agent_suspended")
-    return agent
+    """Admin: suspend the agent (it goes offline and cannot come back) and pass its work on (all or nothing)."""
+
+    def suspend(agent: Agent) -> Agent:
+        agent = agent_set_approval(agent_id=agent_id, approval=Agent.Approval.SUSPENDED, actor=actor)
+        agent_release_work(agent_id=agent_id, reason="agent_suspended")
+        return agent
+
+    return _with_agent_and_work_locked(agent_id, suspend)
 
 
 class TooManySockets(Conflict):
@@ -728,22 +795,31 @@ def connection_close(*, channel_name: str) -> None:
 
 
 def presence_release_if_gone(*, agent_id: str) -> bool:
-    """After the grace period: an agent still without a connection goes offline and its work moves on."""
-    with transaction.atomic():
-        agent = Agent.objects.select_for_update().get(pk=agent_id)
+    """After the grace period: an agent still without a connection goes offline and its work moves on.
+
+    One transaction: the agent goes offline together with the withdrawal of its
+    offer and the re-queue of each of its conversations, or nothing happens and
+    the agent keeps `disconnected_at`, so the presence sweeper tries again.
+    """
+
+    def release(agent: Agent) -> tuple[str, int] | None:
         grace = timedelta(seconds=settings.PRESENCE_GRACE_SECONDS)
         if agent.disconnected_at is None or timezone.now() - agent.disconnected_at < grace:
-            return False
+            return None
         if AgentConnection.objects.filter(agent_id=agent_id).exists():
-            return False
-        agent.disconnected_at = None
+            return None
         was = agent.status
+        agent.disconnected_at = None
         agent.status = Agent.Status.OFFLINE
         agent.status_changed_at = timezone.now()
         agent.save(update_fields=["disconnected_at", "status", "status_changed_at"])
         _presence_on_commit(agent.pk, Agent.Status.OFFLINE, "disconnected")
-    moved = agent_release_work(agent_id=agent_id, reason="agent_disconnected")
-    logger.info("%s gone past the grace period (was %s): offline, %s conversation(s) re-queued", agent_id, was, moved)
+        return was, agent_release_work(agent_id=agent_id, reason="agent_disconnected")
+
+    released = _with_agent_and_work_locked(agent_id, release)
+    if released is None:
+        return False
+    logger.info("%s gone past the grace period (was %s): offline, %s conversation(s) re-queued", agent_id, *released)
     return True
 
 
@@ -769,7 +845,10 @@ def presence_sweep() -> int:
         closed += 1
     grace_cutoff = timezone.now() - timedelta(seconds=settings.PRESENCE_GRACE_SECONDS)
     for agent_id in Agent.objects.filter(disconnected_at__lt=grace_cutoff).values_list("pk", flat=True):
-        presence_release_if_gone(agent_id=agent_id)
+        try:
+            presence_release_if_gone(agent_id=agent_id)
+        except Exception:  # nothing of it was written; the next sweep tries again, the others go on now
+            logger.exception("releasing %s failed; the next sweep retries", agent_id)
     return closed
 
 

@@ -15,7 +15,7 @@ def dispatch_conversation(conversation_id: str) -> str | None:
 def dispatch_agent(agent_id: str) -> str | None:
     from .services import agent_dispatch
 
-    offer = agent_dispatch(agent_id=agent_id)
+    offer = agent_dispatch(agent_id=agent_id, wait_for_agent=True)  # this agent's own job: wait for its row
     return offer.pk if offer else None
 
 

@@ -5,10 +5,14 @@ How the wait estimate is made (also in docs/BOT_API.md):
 * The pool is the approved agents online now who speak the conversation's
   language (any language when it has none). `slots` is their total capacity,
   `free` the slots not taken by an active conversation.
-* The handle time is the mean time from assignment to resolution over the last
-  HANDLE_TIME_SAMPLE resolved conversations of the last day (DEFAULT_HANDLE_SECONDS
-  until there is any history); the answer time likewise, from the last offer
-  to its acceptance (DEFAULT_ANSWER_SECONDS until there is any history).
+* The handle time is the mean span of the last HANDLE_TIME_SAMPLE assignments
+  of the last day that ended in a resolution (resolved or unresolved), each
+  from its own start to its own end (DEFAULT_HANDLE_SECONDS until there is any
+  history); the answer time likewise, from each accepted offer's creation to
+  its acceptance (DEFAULT_ANSWER_SECONDS until there is any history). Spans are
+  per offer and per assignment, never between two timestamps of a conversation
+  that later events overwrite, so neither can be negative; the estimate is
+  clamped at zero all the same.
 * Position p (1 = next) among the waiting conversations of the same language,
   in dispatch order. If p <= free, the wait is the answer time; otherwise the
   (p - free) conversations ahead of it must wait for a slot to free up, and slots
@@ -22,11 +26,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
-from django.db.models import Avg, Count, DurationField, ExpressionWrapper, F, Q, QuerySet, Sum, Value
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
@@ -96,35 +101,54 @@ def pool_capacity(language: str, rows: list[tuple[list[str], int, int]] | None =
     return PoolCapacity(agents=agents, slots=slots, free=free)
 
 
-def _mean_seconds(start: str, end: str, queryset: QuerySet[Conversation], default: float) -> float:
-    cache_key = f"mean-seconds.{start}.{end}"
+def _mean_span(name: str, which: dict[str, Any], start: str, end: str, default: float) -> float:
+    """Mean of the most recent spans (the last day, at most HANDLE_TIME_SAMPLE), in seconds.
+
+    Each span is one offer's or one assignment's own start and end, each on its
+    own row, so nothing that happens later in the conversation's life (an offer
+    again after a disconnect, a re-queue, a reopen, a reassignment) can make it
+    negative; a span negative all the same (a clock stepped back) counts as zero.
+    The spans are read through the conversation's relations (one row per offer or
+    assignment, `which` selecting them, in the same filter so that one join
+    serves them all): marketplace does not import dispatch.
+    """
+    cache_key = f"mean-seconds.{name}"
     cached = cache.get(cache_key)
     if cached is not None:
         return float(cached)
     since = timezone.now() - timedelta(days=1)
-    recent = queryset.filter(**{f"{end}__gte": since, f"{start}__isnull": False}).order_by(f"-{end}")
-    sample = recent.values_list("pk", flat=True)[: settings.HANDLE_TIME_SAMPLE]
-    mean = (
-        Conversation.objects.filter(pk__in=list(sample))
+    recent = (
+        Conversation.objects.filter(**which, **{f"{end}__gte": since, f"{start}__isnull": False})
         .annotate(span=ExpressionWrapper(F(end) - F(start), output_field=DurationField()))
-        .aggregate(mean=Avg("span"))["mean"]
+        .order_by(f"-{end}")
+        .values_list("span", flat=True)[: settings.HANDLE_TIME_SAMPLE]
     )
-    value = mean.total_seconds() if mean is not None else default
+    spans = [max(span.total_seconds(), 0.0) for span in recent if span is not None]
+    value = sum(spans) / len(spans) if spans else max(default, 0.0)
     cache.set(cache_key, value, timeout=10)
     return value
 
 
 def handle_seconds() -> float:
-    return _mean_seconds(
-        "assigned_at",
-        "resolved_at",
-        Conversation.objects.filter(status=Conversation.Status.RESOLVED),
+    """Mean time an agent holds a slot: an assignment's start to its resolution (resolved or not)."""
+    return _mean_span(
+        "handle",
+        {"assignments__end_reason__in": ["resolved", "unresolved"]},
+        "assignments__started_at",
+        "assignments__ended_at",
         settings.DEFAULT_HANDLE_SECONDS,
     )
 
 
 def answer_seconds() -> float:
-    return _mean_seconds("offered_at", "assigned_at", Conversation.objects.all(), settings.DEFAULT_ANSWER_SECONDS)
+    """Mean time from an offer to its acceptance, over accepted offers."""
+    return _mean_span(
+        "answer",
+        {"offers__state": "accepted"},
+        "offers__created_at",
+        "offers__responded_at",
+        settings.DEFAULT_ANSWER_SECONDS,
+    )
 
 
 @dataclass(frozen=True)
@@ -137,11 +161,14 @@ class WaitEstimate:
 def _estimate(position: int, pool: PoolCapacity) -> WaitEstimate:
     if pool.slots == 0:
         return WaitEstimate(position, None, "no_agents_online")
-    answer = answer_seconds()
+    # Never below zero, whatever the history says: a wait is not negative, and the
+    # estimate is stored in a column that refuses a negative number.
+    answer = max(answer_seconds(), 0.0)
     if position <= pool.free:
         return WaitEstimate(position, math.ceil(answer), "free_capacity")
     ahead = position - pool.free
-    return WaitEstimate(position, math.ceil(answer + ahead * handle_seconds() / pool.slots), "handle_time")
+    wait = answer + ahead * max(handle_seconds(), 0.0) / pool.slots
+    return WaitEstimate(position, math.ceil(wait), "handle_time")
 
 
 def wait_estimate(conversation: Conversation) -> WaitEstimate:

@@ -156,7 +156,10 @@ def conversation_escalate(*, integration: BotIntegration, data: EscalationInput)
             conversation_notify_queued(conversation)
             jobs.enqueue_on_commit(dispatch_tasks.dispatch_conversation, conversation.pk)
     except IntegrityError:
-        return Conversation.objects.get(integration=integration, external_id=data.external_id), False
+        winner = Conversation.objects.filter(integration=integration, external_id=data.external_id).first()
+        if winner is None:
+            raise  # another constraint than the duplicate external_id: say which, not "no such row"
+        return winner, False
     return conversation, True
 
 

@@ -1,6 +1,7 @@
 """Payouts: earnings, the ledger, transfers and reversals through Stripe, onboarding, Stripe events.
 
-Lock order inside payouts: Agent, then Earning, then Transfer, then Reversal
+Lock order inside payouts: the agent's payouts lock (an advisory lock, not the
+agent's row, which dispatch uses), then Earning, then Transfer, then Reversal
 (after dispatch's Conversation, Offer, Agent when called from there). No lock
 is held across a Stripe call: a transfer is claimed with a conditional UPDATE
 (a lease), marked `submitted` and committed before the request goes out, and
@@ -32,6 +33,7 @@ from django.utils import timezone
 
 from config import jobs
 from config.errors import ApiError, Conflict
+from config.locks import advisory_xact_lock
 from dispatch.models import Assignment, Offer
 from marketplace.models import Agent, Conversation
 
@@ -214,13 +216,23 @@ def earning_accrue_bonus(*, conversation: Conversation, score: int) -> Earning |
     return bonus
 
 
+def _lock_agent_payouts(agent_id: str) -> None:
+    """Serialise one agent's releases and disputes (offsets against what it owes back).
+
+    Not the agent's row: dispatch locks that row to offer the agent work, and the
+    release that follows every resolve made the freed agent's dispatch skip it
+    (docs/RELIABILITY.md, issue 11.3).
+    """
+    advisory_xact_lock(f"payouts.agent.{agent_id}")
+
+
 def earning_release(*, earning_id: str) -> Transfer | None:
     """Past its hold and not disputed: offset any debt, then queue its transfer."""
     agent_id = Earning.objects.filter(pk=earning_id).values_list("agent_id", flat=True).first()
     if agent_id is None:
         return None
     with transaction.atomic():
-        Agent.objects.select_for_update().filter(pk=agent_id).first()  # serialises offsets per agent
+        _lock_agent_payouts(agent_id)
         earning = Earning.objects.select_for_update().get(pk=earning_id)
         if earning.state != Earning.State.HELD or earning.payable_at > timezone.now():
             return None
@@ -266,7 +278,7 @@ def earning_dispute(*, earning_id: str, reason: str, actor: str) -> Earning:
         raise NotDisputable("No such earning.")
     reversal: Reversal | None = None
     with transaction.atomic():
-        Agent.objects.select_for_update().filter(pk=agent_id).first()
+        _lock_agent_payouts(agent_id)
         earning = Earning.objects.select_for_update().get(pk=earning_id)
         if earning.state == Earning.State.DISPUTED:
             return earning

@@ -310,3 +310,36 @@ def callback_receiver() -> Iterator[CallbackReceiver]:
     with local_http_server(Handler) as base:
         receiver.url = f"{base}/callbacks"
         yield receiver
+
+
+@dataclass
+class Clock:
+    """Django's clock, moved forward by hand: `advance(45)` is 45 s passing for every timestamp
+    the code takes (timezone.now() and the model fields that default to it), not for signatures."""
+
+    offset: float = 0.0
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    from datetime import timedelta
+
+    from django.apps import apps
+    from django.utils import timezone
+
+    real_now = timezone.now
+    moved = Clock()
+
+    def now() -> Any:
+        return real_now() + timedelta(seconds=moved.offset)
+
+    monkeypatch.setattr(timezone, "now", now)
+    for model in apps.get_models():  # `default=timezone.now` holds the function itself (and caches it)
+        for model_field in model._meta.concrete_fields:
+            if getattr(model_field, "default", None) is real_now:
+                monkeypatch.setattr(model_field, "default", now)
+                monkeypatch.setattr(model_field, "_get_default", now)
+    return moved

@@ -416,3 +416,76 @@ def test_hello_says_why_the_server_set_the_status_until_the_agent_picks_one(make
     # An operator's force offline is remembered too.
     dispatch.agent_force_offline(agent_id=agent.pk, actor="admin:ops")
     assert dispatch.hello_payload(agent.pk)["status_reason"] == "operator"
+
+
+def vanished_with_work(escalate, make_agent, recorded_jobs, *, assigned: int, offered: bool) -> tuple:
+    """An agent with `assigned` conversations (and an open offer when `offered`) whose phone is gone past grace."""
+    agent = make_agent(capacity=assigned + int(offered))
+    conversations = []
+    for _ in range(assigned + int(offered)):
+        conversation = escalate()
+        offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
+        if len(conversations) < assigned:
+            dispatch.offer_accept(offer_id=offer.pk, agent=agent)
+        conversations.append(conversation)
+    recorded_jobs.clear()
+    dispatch.connection_open(agent_id=agent.pk, channel_name=f"phone-{agent.pk}", server_id="web-1")
+    dispatch.connection_close(channel_name=f"phone-{agent.pk}")
+    Agent.objects.filter(pk=agent.pk).update(disconnected_at=timezone.now() - timedelta(seconds=45))
+    return agent, conversations
+
+
+def test_the_release_of_a_vanished_agent_is_all_or_nothing_and_the_sweeper_retries_it(
+    escalate, make_agent, recorded_jobs, monkeypatch, settings
+):
+    """Issue 11.1: a release that failed half way left the agent offline with a conversation still assigned."""
+    settings.PRESENCE_GRACE_SECONDS = 30
+    agent, (first, second, offered) = vanished_with_work(escalate, make_agent, recorded_jobs, assigned=2, offered=True)
+    calls = []
+
+    def fail_on_the_second(conversation, **kwargs):  # the second conversation's re-queue breaks
+        calls.append(conversation.pk)
+        if len(calls) == 2:
+            raise RuntimeError("the database refused a write")
+        return notify(conversation, **kwargs)
+
+    notify = dispatch.conversation_notify_queued
+    monkeypatch.setattr(dispatch, "conversation_notify_queued", fail_on_the_second)
+    with pytest.raises(RuntimeError):
+        dispatch.presence_release_if_gone(agent_id=agent.pk)
+
+    refresh(agent, first, second, offered)  # nothing changed
+    assert (agent.status, agent.active_count, agent.disconnected_at is not None) == ("online", 2, True)
+    assert [c.status for c in (first, second, offered)] == ["assigned", "assigned", "offered"]
+    assert all(c.assignments.filter(ended_at=None).exists() for c in (first, second))
+    assert offer_of(offered).agent_id == agent.pk
+
+    monkeypatch.setattr(dispatch, "conversation_notify_queued", notify)
+    dispatch.presence_sweep()  # the next sweep does it all
+
+    refresh(agent, first, second, offered)
+    assert (agent.status, agent.active_count, agent.disconnected_at) == ("offline", 0, None)
+    assert [c.status for c in (first, second, offered)] == ["queued", "queued", "queued"]
+    assert not Offer.objects.filter(agent=agent, state="pending").exists()
+    assert not any(c.assignments.filter(ended_at=None).exists() for c in (first, second))
+
+
+def test_one_release_that_fails_does_not_stop_the_sweep_for_the_others(
+    escalate, make_agent, recorded_jobs, monkeypatch, settings
+):
+    settings.PRESENCE_GRACE_SECONDS = 30
+    broken, (stuck,) = vanished_with_work(escalate, make_agent, recorded_jobs, assigned=1, offered=False)
+    other, (moved,) = vanished_with_work(escalate, make_agent, recorded_jobs, assigned=1, offered=False)
+    notify = dispatch.conversation_notify_queued
+
+    def fail_for_one(conversation, **kwargs):
+        if conversation.pk == stuck.pk:
+            raise RuntimeError("the database refused a write")
+        return notify(conversation, **kwargs)
+
+    monkeypatch.setattr(dispatch, "conversation_notify_queued", fail_for_one)
+    dispatch.presence_sweep()
+
+    refresh(broken, other, stuck, moved)
+    assert (broken.status, stuck.status) == ("online", "assigned")  # left for the next sweep
+    assert (other.status, moved.status) == ("offline", "queued")
