@@ -21,7 +21,7 @@ def signed_post(base: str, integration, path: str, payload: dict) -> requests.Re
     headers = {
         "Content-Type": "application/json",
         "X-Bot-Id": integration.id,
-        "X-Bot-Signature": signing.header(integration.secret, body),
+        "X-Bot-Signature": signing.request_header(integration.secret, "POST", path, body),
     }
     return requests.post(base + path, data=body, headers=headers, timeout=10)
 

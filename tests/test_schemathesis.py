@@ -77,7 +77,12 @@ class SignAtTheDoor:
         if environ.get("HTTP_X_BOT_SIGNATURE") == SIGN_ME and self.secret:
             body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
             environ["wsgi.input"] = io.BytesIO(body)
-            environ["HTTP_X_BOT_SIGNATURE"] = signing.header(self.secret, body)
+            query = environ.get("QUERY_STRING") or ""
+            # The path as the server reads it (marketplace.bot_auth.signed_path): the raw target when the
+            # WSGI client gives one, else the path and query.
+            path = environ.get("RAW_URI") or environ["PATH_INFO"] + (f"?{query}" if query else "")
+            method = environ["REQUEST_METHOD"]
+            environ["HTTP_X_BOT_SIGNATURE"] = signing.request_header(self.secret, method, path, body)
         return self.app(environ, start_response)
 
 

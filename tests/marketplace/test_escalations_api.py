@@ -288,20 +288,30 @@ def test_an_integrations_own_limit_overrides_the_default(bot, integration):
 def test_content_type_does_not_matter_but_the_body_must_be_json(bot):
     form = b"external_id=a"
     response = bot.client.generic(
-        "POST", "/api/v1/escalations", form, content_type="application/x-www-form-urlencoded", headers=bot.headers(form)
+        "POST",
+        "/api/v1/escalations",
+        form,
+        content_type="application/x-www-form-urlencoded",
+        headers=bot.headers("POST", "/api/v1/escalations", form),
     )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_json"
     body = json.dumps({"external_id": "plain"}).encode()
     response = bot.client.generic(
-        "POST", "/api/v1/escalations", body, content_type="text/plain", headers=bot.headers(body)
+        "POST",
+        "/api/v1/escalations",
+        body,
+        content_type="text/plain",
+        headers=bot.headers("POST", "/api/v1/escalations", body),
     )
     assert response.status_code == 201
 
 
 def test_wrong_method_is_405_in_the_error_shape(bot):
     body = json.dumps({}).encode()
-    response = bot.client.generic("PUT", "/api/v1/escalations", body, headers=bot.headers(body))
+    response = bot.client.generic(
+        "PUT", "/api/v1/escalations", body, headers=bot.headers("PUT", "/api/v1/escalations", body)
+    )
     assert response.status_code == 405
     assert response.json()["error"]["code"] == "method_not_allowed"
 
