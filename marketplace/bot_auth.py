@@ -40,6 +40,7 @@ _HEADER = "X-Bot-Signature"
 
 
 _DIGITS = re.compile(r"[0-9]{1,18}")
+_BOT_ID = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
 
 class BadHeader(ApiError):
@@ -106,7 +107,10 @@ class BotSignatureAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed(_FAILED) from exc
         if len(body) > settings.BOT_MAX_BODY_BYTES:
             raise PayloadTooLarge(f"The request body is larger than {settings.BOT_MAX_BODY_BYTES} bytes.")
-        integration = BotIntegration.objects.filter(pk=bot_id, active=True).first()
+        # An id that no integration can have (NUL, non-ASCII, too long) is not sent to the database,
+        # where NUL in a text parameter is an error: it is simply unknown.
+        plausible = _BOT_ID.fullmatch(bot_id) is not None
+        integration = BotIntegration.objects.filter(pk=bot_id, active=True).first() if plausible else None
         # Verify against a throwaway secret when the id is unknown, so the reply
         # takes as long and says the same as for a wrong signature.
         candidates = integration.valid_secrets() if integration else ["unknown-integration"]
