@@ -73,10 +73,13 @@ def test_only_external_id_is_required(bot):
 
 def test_same_external_id_again_is_200_with_the_same_conversation(bot):
     first = bot.post("/api/v1/escalations", FULL)
-    again = bot.post("/api/v1/escalations", {**FULL, "summary": "changed"})
+    again = bot.post("/api/v1/escalations", FULL)
+    # Another body under the same external_id is refused (issue 11.9; test_bot_input.py has every field).
+    changed = bot.post("/api/v1/escalations", {**FULL, "summary": "changed"})
 
-    assert (first.status_code, again.status_code) == (201, 200)
+    assert (first.status_code, again.status_code, changed.status_code) == (201, 200, 409)
     assert again.json()["id"] == first.json()["id"]
+    assert changed.json()["error"]["code"] == "idempotency_mismatch"
     assert Conversation.objects.count() == 1
     assert CallbackEvent.objects.count() == 1  # one conversation.queued, not two
 
