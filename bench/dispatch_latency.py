@@ -223,7 +223,7 @@ def send_escalation(
     headers = {
         "Content-Type": "application/json",
         "X-Bot-Id": integration_id,
-        "X-Bot-Signature": signing.header(secret, body),
+        "X-Bot-Signature": signing.request_header(secret, "POST", "/api/v1/escalations", body),
     }
     sent = time.monotonic()
     try:

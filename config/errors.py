@@ -98,6 +98,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         body["fields"] = fields
     else:
         body["detail"] = str(exc.detail) if not isinstance(exc.detail, (dict, list)) else str(exc.detail)
+        field = getattr(exc, "field", None)
+        if isinstance(field, str):  # an error about one header or parameter names it, as validation errors do
+            body["field"] = field
     wait = getattr(exc, "wait", None)
     if isinstance(exc, exceptions.Throttled) and wait is not None:
         body["retry_after_seconds"] = math.ceil(wait)

@@ -340,7 +340,9 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Human-agent marketplace API",
     "DESCRIPTION": (
         "Escalations from AI bots to freelance human agents. Bot requests are signed with "
-        '`X-Bot-Id` and `X-Bot-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>`.'
+        '`X-Bot-Id` and `X-Bot-Signature: t=<unix>,v2=<hex HMAC-SHA256(secret, "<t>.<METHOD>.<path>.<raw body>")>`'
+        " (path with its query string as sent; a GET signs the empty body). Callbacks carry "
+        '`X-Platform-Signature: t=<unix>,v1=...,v2=<hex HMAC-SHA256(secret, "<t>.callback.<body>")>`.'
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,

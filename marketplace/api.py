@@ -31,7 +31,12 @@ JSON = "application/json"
 
 _ERRORS = {
     400: OpenApiResponse(description="Malformed JSON or an invalid field (named in `error.field`)"),
-    401: OpenApiResponse(description="Missing or wrong signature, unknown integration, or a timestamp outside 300 s"),
+    401: OpenApiResponse(
+        description=(
+            "Missing or wrong v2 signature (it binds method, path and body), unknown integration, a timestamp "
+            "outside 300 s, or `signature_version`: only v1 was sent"
+        )
+    ),
     404: OpenApiResponse(description="No such conversation for this integration"),
     413: OpenApiResponse(description="Body larger than BOT_MAX_BODY_BYTES"),
     429: OpenApiResponse(description="Rate limit; see the Retry-After header"),
@@ -67,8 +72,16 @@ class EscalationCreateApi(BotApi):
     @extend_schema(
         operation_id="escalation_create",
         request={JSON: EscalationInputSerializer},
-        responses={201: ConversationOutputSerializer, 200: ConversationOutputSerializer, **_ERRORS},
-        description="Hand a conversation to a human. The same external_id again answers 200 with that conversation.",
+        responses={
+            201: ConversationOutputSerializer,
+            200: ConversationOutputSerializer,
+            409: OpenApiResponse(description="The same external_id with another body (`idempotency_mismatch`)"),
+            **_ERRORS,
+        },
+        description=(
+            "Hand a conversation to a human. The same external_id with the same body again answers 200 with that "
+            "conversation; with another body 409 `idempotency_mismatch`."
+        ),
     )
     def post(self, request: Request) -> Response:
         serializer = EscalationInputSerializer(data=request.data)

@@ -194,7 +194,7 @@ def _post(event: CallbackEvent) -> _Outcome:
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "marketplace-callbacks/1",
-        "X-Platform-Signature": signing.header(event.integration.valid_secrets(), body),
+        "X-Platform-Signature": signing.callback_header(event.integration.valid_secrets(), body),
         "X-Platform-Event-Id": event.id,
     }
     started = time.monotonic()

@@ -2,7 +2,7 @@
 
 `seed_demo` points the demo integration's callback URL here, so `make run`
 shows the whole round trip with no other program. It checks the signature like
-a real bot would. Off unless settings.DEMO_ENDPOINTS (on with DEBUG).
+a real bot would: the v2 over "<t>.callback.<body>". Off unless settings.DEMO_ENDPOINTS (on with DEBUG).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class DemoBotCallbackView(View):
         signature = request.headers.get("X-Platform-Signature", "")
         url = request.build_absolute_uri()
         secrets = BotIntegration.objects.filter(callback_url=url).values_list("secret", flat=True)
-        if not any(signing.verify(s, request.body, signature, 300) for s in secrets):
+        if not any(signing.verify_callback(s, request.body, signature, 300) for s in secrets):
             return JsonResponse({"error": {"code": "unauthorized", "detail": "Bad signature."}}, status=401)
         event = json.loads(request.body)
         received = [event, *cache.get(_KEY, [])][:50]

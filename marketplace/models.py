@@ -187,6 +187,9 @@ class Conversation(models.Model):
     customer = models.JSONField(default=dict, blank=True)
     summary = models.TextField(blank=True)
     transcript = models.JSONField(default=list, blank=True, encoder=DjangoJSONEncoder)
+    # SHA-256 of the escalation request as created (services.escalation_fingerprint): the same external_id
+    # with another body is refused, not answered with this conversation. Blank on rows made before it.
+    request_hash = models.CharField(max_length=64, blank=True, default="")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     # Dispatch order: arrival time minus the priority's head start (see settings).
     queue_key = models.DateTimeField(db_index=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import langcodes
 from rest_framework import serializers
 
 from . import selectors
@@ -24,6 +25,20 @@ class StrictRegexField(serializers.RegexField):
         if not isinstance(data, str):
             self.fail("invalid")
         return str(super().to_internal_value(data))
+
+
+class LanguageTagField(StrictRegexField):
+    """A BCP 47 tag whose every subtag is registered with IANA (`sv`, `sv-SE`, `pt-BR`, `zh-Hant`):
+    a tag no agent can have (`zz-NOPE`) would wait in a queue no one serves."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$", max_length=16, **kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        value = super().to_internal_value(data)
+        if value and not langcodes.tag_is_valid(value):
+            raise serializers.ValidationError("Not a known language tag (BCP 47, e.g. sv or sv-SE).")
+        return value
 
 
 class CustomerSerializer(serializers.Serializer):
@@ -52,7 +67,7 @@ class TranscriptEntrySerializer(serializers.Serializer):
 
 class EscalationInputSerializer(serializers.Serializer):
     external_id = StrictCharField(max_length=200)
-    language = StrictRegexField(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$", max_length=16, required=False, allow_blank=True)
+    language = LanguageTagField(required=False, allow_blank=True)
     topic = StrictCharField(max_length=64, required=False, allow_blank=True)
     priority = serializers.ChoiceField(choices=Conversation.Priority.choices, default=Conversation.Priority.NORMAL)
     reason = StrictCharField(max_length=64, required=False, allow_blank=True)

@@ -7,6 +7,9 @@ the transaction commits.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import re
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -14,6 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -35,6 +39,14 @@ class ConversationClosed(Conflict):
 class NotResolved(Conflict):
     default_code = "not_resolved"
     default_detail = "The conversation has not been resolved yet."
+
+
+class IdempotencyMismatch(Conflict):
+    default_code = "idempotency_mismatch"
+    default_detail = (
+        "This external_id was already used with another body; send the same body to get the conversation, "
+        "or a new external_id for a new one."
+    )
 
 
 class AlreadyRated(Conflict):
@@ -119,16 +131,68 @@ class EscalationInput:
     transcript: list[dict[str, Any]] | None = None
 
 
+def escalation_fingerprint(
+    *,
+    language: str,
+    topic: str,
+    priority: str,
+    reason: str,
+    customer: dict[str, Any] | None,
+    summary: str,
+    transcript: list[dict[str, Any]] | None,
+) -> str:
+    """SHA-256 of an escalation's fields as stored (language's primary subtag, topic in lower case, the
+    transcript's times in UTC): the same request written differently (key order, "Z" or "+00:00",
+    a default spelt out) has the same fingerprint, and a stored row gives back its request's."""
+    canonical = {
+        "language": primary_language(language),
+        "topic": topic.lower(),
+        "priority": priority,
+        "reason": reason,
+        "customer": customer or {},
+        "summary": summary,
+        "transcript": transcript or [],
+    }
+    text = json.dumps(canonical, cls=DjangoJSONEncoder, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _same_request(conversation: Conversation, fingerprint: str) -> Conversation:
+    """The existing conversation when it was made by this same request; else IdempotencyMismatch (409)."""
+    stored = conversation.request_hash or escalation_fingerprint(  # a row from before the hash was kept
+        language=conversation.language,
+        topic=conversation.topic,
+        priority=conversation.priority,
+        reason=conversation.reason,
+        customer=conversation.customer,
+        summary=conversation.summary,
+        transcript=conversation.transcript,
+    )
+    if not hmac.compare_digest(stored, fingerprint):
+        raise IdempotencyMismatch()
+    return conversation
+
+
 def conversation_escalate(*, integration: BotIntegration, data: EscalationInput) -> tuple[Conversation, bool]:
-    """Create the conversation, or return the existing one for this external_id.
+    """Create the conversation, or return the existing one for this external_id and this same body.
 
     Idempotent even when the same escalation arrives twice at the same moment:
     the unique constraint on (integration, external_id) lets one insert win and
-    the other return the winner's row.
+    the other return the winner's row. The same external_id with another body is
+    a 409 (`idempotency_mismatch`), as Stripe answers an idempotency key reused.
     """
+    fingerprint = escalation_fingerprint(
+        language=data.language,
+        topic=data.topic,
+        priority=data.priority,
+        reason=data.reason,
+        customer=data.customer,
+        summary=data.summary,
+        transcript=data.transcript,
+    )
     existing = Conversation.objects.filter(integration=integration, external_id=data.external_id).first()
     if existing is not None:
-        return existing, False
+        return _same_request(existing, fingerprint), False
     try:
         with transaction.atomic():
             now = timezone.now()
@@ -142,6 +206,7 @@ def conversation_escalate(*, integration: BotIntegration, data: EscalationInput)
                 customer=data.customer or {},
                 summary=data.summary,
                 transcript=data.transcript or [],
+                request_hash=fingerprint,
                 status=Conversation.Status.QUEUED,
                 queued_at=now,
                 queue_key=queue_key_for(data.priority, now),
@@ -159,7 +224,7 @@ def conversation_escalate(*, integration: BotIntegration, data: EscalationInput)
         winner = Conversation.objects.filter(integration=integration, external_id=data.external_id).first()
         if winner is None:
             raise  # another constraint than the duplicate external_id: say which, not "no such row"
-        return winner, False
+        return _same_request(winner, fingerprint), False
     return conversation, True
 
 

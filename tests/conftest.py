@@ -225,20 +225,29 @@ class BotClient:
         self.integration = integration
         self.client = client or Client()
 
-    def headers(self, body: bytes, *, secret: str | None = None, timestamp: int | None = None) -> dict[str, str]:
-        return {
-            "X-Bot-Id": self.integration.id,
-            "X-Bot-Signature": signing.header(secret or self.integration.secret, body, timestamp),
-        }
+    def headers(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        *,
+        secret: str | None = None,
+        timestamp: int | None = None,
+        with_v1: bool = False,
+    ) -> dict[str, str]:
+        signature = signing.request_header(
+            secret or self.integration.secret, method, path, body, timestamp, with_v1=with_v1
+        )
+        return {"X-Bot-Id": self.integration.id, "X-Bot-Signature": signature}
 
     def post(self, path: str, data: Any = None, *, raw: bytes | None = None, **sign: Any) -> Any:
         body = raw if raw is not None else json.dumps(data if data is not None else {}).encode()
         return self.client.generic(
-            "POST", path, body, content_type="application/json", headers=self.headers(body, **sign)
+            "POST", path, body, content_type="application/json", headers=self.headers("POST", path, body, **sign)
         )
 
     def get(self, path: str, **sign: Any) -> Any:
-        return self.client.get(path, headers=self.headers(b"", **sign))
+        return self.client.get(path, headers=self.headers("GET", path, b"", **sign))
 
     def escalate(self, external_id: str = "conv-1", **fields: Any) -> Any:
         return self.post("/api/v1/escalations", {"external_id": external_id, **fields})

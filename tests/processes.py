@@ -215,7 +215,7 @@ class HttpBot:
         headers = {
             "Content-Type": "application/json",
             "X-Bot-Id": self.integration.id,
-            "X-Bot-Signature": signing.header(self.integration.secret, body),
+            "X-Bot-Signature": signing.request_header(self.integration.secret, "POST", path, body),
         }
         response = requests.post(self.base + path, data=body, headers=headers, timeout=10)
         assert response.status_code in (200, 201), response.text

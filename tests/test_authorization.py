@@ -82,7 +82,7 @@ def test_an_agent_token_opens_no_bot_endpoint_and_a_bot_signature_no_agent_endpo
     assert as_a.post("/api/v1/escalations", {"external_id": "x"}, content_type="application/json").status_code == 401
 
     bot = BotClient(integration)
-    response = bot.client.get("/api/v1/agent/earnings", headers=bot.headers(b""))
+    response = bot.client.get("/api/v1/agent/earnings", headers=bot.headers("GET", "/api/v1/agent/earnings", b""))
     assert response.status_code == 401
 
 

@@ -21,7 +21,7 @@ def signed_post(base: str, integration, path: str, payload: dict) -> requests.Re
     headers = {
         "Content-Type": "application/json",
         "X-Bot-Id": integration.id,
-        "X-Bot-Signature": signing.header(integration.secret, body),
+        "X-Bot-Signature": signing.request_header(integration.secret, "POST", path, body),
     }
     return requests.post(base + path, data=body, headers=headers, timeout=10)
 
@@ -41,7 +41,7 @@ def test_escalation_over_http_is_called_back_by_the_celery_worker(make_integrati
 
         created = signed_post(base, integration, "/api/v1/escalations", {"external_id": "e2e-1", "language": "en"})
         assert created.status_code == 201, created.text
-        again = signed_post(base, integration, "/api/v1/escalations", {"external_id": "e2e-1"})
+        again = signed_post(base, integration, "/api/v1/escalations", {"external_id": "e2e-1", "language": "en"})
         assert again.status_code == 200
         assert again.json()["id"] == created.json()["id"]
 
@@ -73,3 +73,34 @@ def test_a_lost_task_is_recovered_by_celery_beats_sweeper(integration, callback_
     assert event.conversation_id == conversation.pk
     assert "sweep_callbacks" in (tmp_path / "worker.log").read_text()
     assert len(callback_receiver.received) == 1
+
+
+def test_v2_binds_the_path_and_query_as_daphne_receives_them(integration, tmp_path):
+    """Behind Daphne the server signs over the raw path and query of the ASGI scope (issue 11.4)."""
+    integration.rate_limit_per_minute = 1000
+    integration.save()
+
+    def get(base: str, path: str, signed_path: str, method: str = "GET") -> requests.Response:
+        signature = signing.request_header(integration.secret, method, signed_path, b"")
+        headers = {"X-Bot-Id": integration.id, "X-Bot-Signature": signature}
+        return requests.request(method, base + path, headers=headers, timeout=10)
+
+    with daphne(service_env(), tmp_path / "daphne.log") as base:
+        created = signed_post(base, integration, "/api/v1/escalations", {"external_id": "raw-path"})
+        assert created.status_code == 201, created.text
+        path = f"/api/v1/escalations/{created.json()['id']}?b=2&a=%20x"
+
+        assert get(base, path, path).status_code == 200
+        reordered = path.replace("b=2&a=%20x", "a=%20x&b=2")
+        assert get(base, path, reordered).status_code == 401
+        decoded = path.replace("%20", " ")
+        assert get(base, path, decoded).status_code == 401
+        # The GET's headers replayed as a cancel: refused, and the conversation still waits.
+        signature = signing.request_header(integration.secret, "GET", path, b"")
+        cancel = requests.post(
+            base + path.split("?")[0] + "/cancel",
+            headers={"X-Bot-Id": integration.id, "X-Bot-Signature": signature},
+            timeout=10,
+        )
+        assert cancel.status_code == 401
+        assert get(base, path, path).json()["status"] == "queued"

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from typing import Any
 
+import langcodes
 import pytest
 import schemathesis
 from django.core.handlers.wsgi import WSGIHandler
@@ -78,7 +80,12 @@ class SignAtTheDoor:
         if environ.get("HTTP_X_BOT_SIGNATURE") == SIGN_ME and self.secret:
             body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
             environ["wsgi.input"] = io.BytesIO(body)
-            environ["HTTP_X_BOT_SIGNATURE"] = signing.header(self.secret, body)
+            query = environ.get("QUERY_STRING") or ""
+            # The path as the server reads it (marketplace.bot_auth.signed_path): the raw target when the
+            # WSGI client gives one, else the path and query.
+            path = environ.get("RAW_URI") or environ["PATH_INFO"] + (f"?{query}" if query else "")
+            method = environ["REQUEST_METHOD"]
+            environ["HTTP_X_BOT_SIGNATURE"] = signing.request_header(self.secret, method, path, body)
         return self.app(environ, start_response)
 
 
@@ -99,6 +106,21 @@ def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any]) -> An
         return st.just(path_parameters)
     known = st.sampled_from(list(KNOWN_IDS)).map(lambda id_: {**path_parameters, "conversation_id": id_})
     return st.one_of(st.just(path_parameters), known)
+
+
+LANGUAGE_PATTERN = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")  # the schema's pattern for `language`
+
+
+@schemathesis.hook  # global: Schemathesis runs `before_call` hooks from the global dispatcher only
+def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
+    """A `language` that fits the schema's pattern but is no registered tag (`AA-000000-00000`) is a 400 by
+    design (issue 11.9: the registry is more than a pattern can say, tests/marketplace/test_bot_input.py):
+    such a generated tag is swapped for a real one, so a positive case stays positive. Tags outside the
+    pattern (the negative cases) are left as they are."""
+    body = case.body
+    language = body.get("language") if isinstance(body, dict) else None
+    if isinstance(language, str) and LANGUAGE_PATTERN.match(language) and not langcodes.tag_is_valid(language):
+        body["language"] = "sv-SE"
 
 
 @pytest.fixture

@@ -129,7 +129,7 @@ class RetryingBot:
             headers = {
                 "Content-Type": "application/json",
                 "X-Bot-Id": self.integration.id,
-                "X-Bot-Signature": signing.header(self.integration.secret, body),
+                "X-Bot-Signature": signing.request_header(self.integration.secret, "POST", path, body),
             }
             started = time.monotonic()
             try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from datetime import timedelta
 
@@ -51,8 +53,37 @@ def test_queued_event_is_posted_signed_with_the_contracts_body(receiving_bot, ca
     assert body["data"]["estimated_wait_seconds"] is None
     assert body["data"]["wait_estimate_basis"] == "no_agents_online"
     secret = receiving_bot.integration.secret
-    assert signing.verify(secret, request.body, request.headers["x-platform-signature"], tolerance=300)
-    assert not signing.verify("wrong", request.body, request.headers["x-platform-signature"], tolerance=300)
+    header = request.headers["x-platform-signature"]
+    assert signing.verify_callback(secret, request.body, header, tolerance=300)
+    assert not signing.verify_callback("wrong", request.body, header, tolerance=300)
+    # v1 (the first version, over "<t>.<body>") is still there for bots that verify it.
+    t = int(header.split(",")[0].removeprefix("t="))
+    v1 = hmac.new(secret.encode(), f"{t}.".encode() + request.body, hashlib.sha256).hexdigest()
+    assert f"v1={v1}" in header.split(",")
+
+
+def test_a_captured_callback_replayed_as_a_bot_request_is_401(receiving_bot, callback_receiver, fast_retries):
+    # Given: a callback seen on the wire (a log, a proxy), header and body.
+    receiving_bot.escalate("replayed")
+    wait_for(lambda: delivered("conversation.queued"))
+    (request,) = callback_receiver.received
+    header = request.headers["x-platform-signature"]
+
+    # When: it is sent back as the bot, to every bot endpoint, within the 300 s window.
+    conversation_id = request.json["conversation_id"]
+    paths = ["/api/v1/escalations", *(f"/api/v1/escalations/{conversation_id}{a}" for a in ("/cancel", "/reopen"))]
+    for path in paths:
+        response = receiving_bot.client.generic(
+            "POST",
+            path,
+            request.body,
+            content_type="application/json",
+            headers={"X-Bot-Id": receiving_bot.integration.id, "X-Bot-Signature": header},
+        )
+        # Then: refused, and the conversation is as it was.
+        assert response.status_code == 401, (path, response.content)
+    assert Conversation.objects.get(pk=conversation_id).status == "queued"
+    assert Conversation.objects.count() == 1
 
 
 def test_receiver_failing_twice_then_succeeding_gets_it_on_the_third_try(
@@ -213,6 +244,6 @@ def test_during_a_rotation_callbacks_carry_a_signature_for_each_secret(receiving
     wait_for(lambda: delivered("conversation.queued"))
     request = callback_receiver.received[0]
     header = request.headers["x-platform-signature"]
-    assert header.count("v1=") == 2
-    assert signing.verify(old, request.body, header, tolerance=300)
-    assert signing.verify(new, request.body, header, tolerance=300)
+    assert header.count("v1=") == 2 and header.count("v2=") == 2
+    assert signing.verify_callback(old, request.body, header, tolerance=300)
+    assert signing.verify_callback(new, request.body, header, tolerance=300)

@@ -73,10 +73,13 @@ def test_only_external_id_is_required(bot):
 
 def test_same_external_id_again_is_200_with_the_same_conversation(bot):
     first = bot.post("/api/v1/escalations", FULL)
-    again = bot.post("/api/v1/escalations", {**FULL, "summary": "changed"})
+    again = bot.post("/api/v1/escalations", FULL)
+    # Another body under the same external_id is refused (issue 11.9; test_bot_input.py has every field).
+    changed = bot.post("/api/v1/escalations", {**FULL, "summary": "changed"})
 
-    assert (first.status_code, again.status_code) == (201, 200)
+    assert (first.status_code, again.status_code, changed.status_code) == (201, 200, 409)
     assert again.json()["id"] == first.json()["id"]
+    assert changed.json()["error"]["code"] == "idempotency_mismatch"
     assert Conversation.objects.count() == 1
     assert CallbackEvent.objects.count() == 1  # one conversation.queued, not two
 
@@ -288,20 +291,30 @@ def test_an_integrations_own_limit_overrides_the_default(bot, integration):
 def test_content_type_does_not_matter_but_the_body_must_be_json(bot):
     form = b"external_id=a"
     response = bot.client.generic(
-        "POST", "/api/v1/escalations", form, content_type="application/x-www-form-urlencoded", headers=bot.headers(form)
+        "POST",
+        "/api/v1/escalations",
+        form,
+        content_type="application/x-www-form-urlencoded",
+        headers=bot.headers("POST", "/api/v1/escalations", form),
     )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_json"
     body = json.dumps({"external_id": "plain"}).encode()
     response = bot.client.generic(
-        "POST", "/api/v1/escalations", body, content_type="text/plain", headers=bot.headers(body)
+        "POST",
+        "/api/v1/escalations",
+        body,
+        content_type="text/plain",
+        headers=bot.headers("POST", "/api/v1/escalations", body),
     )
     assert response.status_code == 201
 
 
 def test_wrong_method_is_405_in_the_error_shape(bot):
     body = json.dumps({}).encode()
-    response = bot.client.generic("PUT", "/api/v1/escalations", body, headers=bot.headers(body))
+    response = bot.client.generic(
+        "PUT", "/api/v1/escalations", body, headers=bot.headers("PUT", "/api/v1/escalations", body)
+    )
     assert response.status_code == 405
     assert response.json()["error"]["code"] == "method_not_allowed"
 

@@ -71,6 +71,42 @@ def test_duplicate_escalation_blocked_on_the_unique_index_returns_the_winner(int
     assert CallbackEvent.objects.count() == 1
 
 
+def test_the_same_external_id_with_another_body_blocked_on_the_unique_index_is_a_mismatch(integration):
+    """Deterministic: B (another summary) misses A's uncommitted row, blocks on the index, then is refused."""
+    a_inserted = threading.Event()
+    result: dict[str, Any] = {}
+
+    def a() -> None:
+        with transaction.atomic():
+            result["a"] = services.conversation_escalate(
+                integration=integration, data=services.EscalationInput(external_id="same", summary="first")
+            )
+            a_inserted.set()
+            time.sleep(0.5)  # B is now waiting on the unique index
+        connection.close()
+
+    def b() -> None:
+        a_inserted.wait()
+        try:
+            services.conversation_escalate(
+                integration=integration, data=services.EscalationInput(external_id="same", summary="second")
+            )
+        except services.IdempotencyMismatch as exc:
+            result["b"] = exc
+        connection.close()
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert result["a"][1] is True
+    assert isinstance(result.get("b"), services.IdempotencyMismatch)
+    assert list(Conversation.objects.values_list("summary", flat=True)) == ["first"]
+    assert CallbackEvent.objects.count() == 1
+
+
 def test_the_same_escalation_posted_twice_at_once_makes_one_conversation(integration):
     for round_ in range(15):
         responses = together(*[lambda r=round_: BotClient(integration).escalate(f"race-{r}")] * 2)

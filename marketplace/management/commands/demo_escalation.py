@@ -45,13 +45,14 @@ class Command(BaseCommand):
                 ],
             }
         ).encode()
+        path = "/api/v1/escalations"
         response = requests.post(
-            options["base_url"].rstrip("/") + "/api/v1/escalations",
+            options["base_url"].rstrip("/") + path,
             data=body,
             headers={
                 "Content-Type": "application/json",
                 "X-Bot-Id": integration.id,
-                "X-Bot-Signature": signing.header(integration.secret, body),
+                "X-Bot-Signature": signing.request_header(integration.secret, "POST", path, body),
             },
             timeout=10,
         )
