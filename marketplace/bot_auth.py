@@ -63,7 +63,7 @@ class SignatureRejected(ApiError, exceptions.AuthenticationFailed):
 
 
 def signed_path(request: Request) -> str:
-    """The request's path and query string exactly as the client sent them (../shared/API.md section 2).
+    """The request's path and query string exactly as the client sent them (docs/API.md, the bot API).
 
     Daphne hands over the raw path (still percent-encoded) in the ASGI scope; gunicorn and uWSGI put the
     request target in RAW_URI / REQUEST_URI. Without either (Django's test client), Django's own

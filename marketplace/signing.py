@@ -1,4 +1,4 @@
-"""HMAC-SHA256 signatures in the form `t=<unix seconds>,v2=<hex>[,v1=<hex>]` (../shared/API.md sections 2, 3).
+"""HMAC-SHA256 signatures in the form `t=<unix seconds>,v2=<hex>[,v1=<hex>]` (docs/API.md: bot requests and callbacks).
 
 Two directions, two signed strings, so that a signature made for one can never pass for the other:
 
