@@ -91,6 +91,7 @@ class Marketplace(RuleBasedStateMachine):
         self.bot = BotClient(make_integration())
         self.agents = [make_agent(online=False, capacity=capacity).pk for capacity in (1, 2, 1)]
         self.conversations: list[str] = []
+        self.bodies: dict[str, dict[str, Any]] = {}  # what each conversation was escalated with
         self.sockets: dict[str, list[str]] = {agent_id: [] for agent_id in self.agents}
         self.channels = 0
         self.external = 0
@@ -148,14 +149,23 @@ class Marketplace(RuleBasedStateMachine):
         data = response.json()
         assert data["estimated_wait_seconds"] is None or data["estimated_wait_seconds"] >= 0
         self.conversations.append(data["id"])
+        self.bodies[data["id"]] = body
 
     @precondition(lambda self: self.conversations)
     @rule(pick=PICK)
     @settles
     def escalate_again(self, pick: int) -> None:
-        conversation = Conversation.objects.get(pk=self.conversation(pick))
-        response = self.answered(self.bot.post("/api/v1/escalations", {"external_id": conversation.external_id}))
-        assert (response.status_code, response.json()["id"]) == (200, conversation.pk)
+        conversation_id = self.conversation(pick)
+        response = self.answered(self.bot.post("/api/v1/escalations", self.bodies[conversation_id]))
+        assert (response.status_code, response.json()["id"]) == (200, conversation_id)
+
+    @precondition(lambda self: self.conversations)
+    @rule(pick=PICK)
+    @settles
+    def escalate_again_with_another_body(self, pick: int) -> None:
+        body = {**self.bodies[self.conversation(pick)], "summary": "something else"}
+        response = self.answered(self.bot.post("/api/v1/escalations", body))
+        assert (response.status_code, response.json()["error"]["code"]) == (409, "idempotency_mismatch")
 
     @precondition(lambda self: self.conversations)
     @rule(pick=PICK, keyed=st.booleans())
