@@ -87,13 +87,14 @@ def _isolated_runtime(settings: Any) -> Iterator[None]:
 
 
 def _close_connections_of_the_async_thread() -> None:
-    """An async test's ORM calls run on asgiref's one thread-sensitive thread, whose database
-    connection outlives the test; a fault test that terminates the database's sessions would
-    leave it dead for whichever async test comes next. Each test starts with a fresh one."""
-    from asgiref.sync import async_to_sync, sync_to_async
+    """An async test's ORM calls (sync_to_async, thread-sensitive, with no outer async_to_sync) run
+    on asgiref's one executor thread, whose database connection outlives the test; a fault test that
+    terminates the database's sessions would leave it dead for whichever async test comes next.
+    Each test starts with a fresh one."""
+    from asgiref.sync import SyncToAsync
     from django.db import connections
 
-    async_to_sync(sync_to_async(connections.close_all))()
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
 
 
 @dataclass
