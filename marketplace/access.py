@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import import_module
@@ -71,6 +72,8 @@ class ExpiringTokenAuthentication(TokenAuthentication):
     """DRF's token authentication, refusing expired tokens and suspended agents."""
 
     def authenticate_credentials(self, key: str) -> tuple[Any, Token]:
+        if not looks_like_token(key):
+            raise exceptions.AuthenticationFailed("Invalid token.")
         user, token = super().authenticate_credentials(key)
         if token.created < token_cutoff():
             raise TokenExpired()
@@ -157,9 +160,16 @@ class SocketCredential:
         return credential_digest(self.secret)
 
 
+def looks_like_token(key: str) -> bool:
+    """A key DRF could have issued (40 hex digits); anything else (NUL, a megabyte) never reaches the database."""
+    return re.fullmatch(r"[0-9a-fA-F]{40}", key) is not None
+
+
 def user_for_token(key: str) -> Any | None:
     """The user of a live token (not expired, user active), else None. (The socket refuses a
     suspended agent itself, with its own close code.)"""
+    if not looks_like_token(key):
+        return None
     token = Token.objects.select_related("user").filter(key=key, created__gte=token_cutoff()).first()
     if token is None or not token.user.is_active:
         return None

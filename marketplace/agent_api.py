@@ -25,6 +25,8 @@ from . import access, services
 from .models import Agent
 from .serializers import StrictCharField, StrictRegexField
 
+USERNAME_MAX_LENGTH = 150  # django.contrib.auth's User.username
+
 
 def agent_for(request: Request) -> Agent:
     """The agent behind the request (token or session); 403 for any other user."""
@@ -156,6 +158,9 @@ class AuthTokenApi(ObtainAuthToken):
     )
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response | HttpResponse:
         username = request.data.get("username") if isinstance(request.data, Mapping) else None
+        if isinstance(username, str) and ("\x00" in username or len(username) > USERNAME_MAX_LENGTH):
+            # Refused before the lockout records it: no column can keep a NUL, nor more than 255 characters.
+            raise ValidationError({"username": [f"At most {USERNAME_MAX_LENGTH} characters, without NUL."]})
         credentials = {"username": username if isinstance(username, str) else ""}
         if not AxesProxyHandler.is_allowed(request, credentials):
             return access.lockout_response(request)

@@ -273,3 +273,26 @@ def test_a_weak_password_makes_the_command_exit_non_zero():
     )
     assert result.returncode != 0
     assert "password" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"username": "a\x00b", "password": "whatever-123"},  # form bodies carry NUL where JSON is refused
+        {"username": "u" * 300, "password": "whatever-123"},  # longer than the lockout's column
+    ],
+)
+def test_a_username_no_column_can_keep_is_a_400_naming_it_not_a_500(body):
+    """The review after the merge: the lockout recorded the raw username first (DataError on PostgreSQL)."""
+    response = Client(raise_request_exception=False).post("/api/v1/auth/token", body)
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "username"
+
+
+@pytest.mark.parametrize("key", ["\x00", "z" * 40, "a" * 100_000])
+def test_a_token_no_key_can_be_is_refused_without_asking_the_database(key):
+    from marketplace import access
+
+    assert access.user_for_token(key) is None
+    response = Client().get("/api/v1/agent/me", HTTP_AUTHORIZATION=f"Token {key[:1000]}")
+    assert response.status_code == 401
