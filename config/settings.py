@@ -269,7 +269,7 @@ AGENT_TOKEN_TTL_SECONDS = env_float("AGENT_TOKEN_TTL_SECONDS", 30 * 86_400)
 # Sockets open at once per agent; the next one is refused (close code 4409).
 AGENT_MAX_SOCKETS = env_int("AGENT_MAX_SOCKETS", 5)
 # Each web process re-checks its sockets' token or session this often (expiry; a lost revocation message).
-AGENT_ACCESS_RECHECK_SECONDS = env_float("AGENT_ACCESS_RECHECK_SECONDS", 30)
+AGENT_ACCESS_RECHECK_SECONDS = env_float("AGENT_ACCESS_RECHECK_SECONDS", 5)
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
