@@ -131,27 +131,18 @@ class EscalationInput:
     transcript: list[dict[str, Any]] | None = None
 
 
-def escalation_fingerprint(
-    *,
-    language: str,
-    topic: str,
-    priority: str,
-    reason: str,
-    customer: dict[str, Any] | None,
-    summary: str,
-    transcript: list[dict[str, Any]] | None,
-) -> str:
+def escalation_fingerprint(source: Conversation | EscalationInput) -> str:
     """SHA-256 of an escalation's fields as stored (language's primary subtag, topic in lower case, the
     transcript's times in UTC): the same request written differently (key order, "Z" or "+00:00",
     a default spelt out) has the same fingerprint, and a stored row gives back its request's."""
     canonical = {
-        "language": primary_language(language),
-        "topic": topic.lower(),
-        "priority": priority,
-        "reason": reason,
-        "customer": customer or {},
-        "summary": summary,
-        "transcript": transcript or [],
+        "language": primary_language(source.language),
+        "topic": source.topic.lower(),
+        "priority": source.priority,
+        "reason": source.reason,
+        "customer": source.customer or {},
+        "summary": source.summary,
+        "transcript": source.transcript or [],
     }
     text = json.dumps(canonical, cls=DjangoJSONEncoder, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
@@ -159,15 +150,7 @@ def escalation_fingerprint(
 
 def _same_request(conversation: Conversation, fingerprint: str) -> Conversation:
     """The existing conversation when it was made by this same request; else IdempotencyMismatch (409)."""
-    stored = conversation.request_hash or escalation_fingerprint(  # a row from before the hash was kept
-        language=conversation.language,
-        topic=conversation.topic,
-        priority=conversation.priority,
-        reason=conversation.reason,
-        customer=conversation.customer,
-        summary=conversation.summary,
-        transcript=conversation.transcript,
-    )
+    stored = conversation.request_hash or escalation_fingerprint(conversation)  # a row from before the hash
     if not hmac.compare_digest(stored, fingerprint):
         raise IdempotencyMismatch()
     return conversation
@@ -181,15 +164,7 @@ def conversation_escalate(*, integration: BotIntegration, data: EscalationInput)
     the other return the winner's row. The same external_id with another body is
     a 409 (`idempotency_mismatch`), as Stripe answers an idempotency key reused.
     """
-    fingerprint = escalation_fingerprint(
-        language=data.language,
-        topic=data.topic,
-        priority=data.priority,
-        reason=data.reason,
-        customer=data.customer,
-        summary=data.summary,
-        transcript=data.transcript,
-    )
+    fingerprint = escalation_fingerprint(data)
     existing = Conversation.objects.filter(integration=integration, external_id=data.external_id).first()
     if existing is not None:
         return _same_request(existing, fingerprint), False
