@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP through Django, WebSockets through Channels, both behind config/edge.py."""
+"""ASGI entry point: HTTP through Django, WebSockets through Channels, both behind core/edge.py."""
 
 import os
 
@@ -10,8 +10,8 @@ django_asgi_app = get_asgi_application()  # before importing anything that touch
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from config import edge, jobs  # noqa: E402
 from config.routing import websocket_urlpatterns  # noqa: E402
+from core import edge, jobs  # noqa: E402
 from dispatch.auth import AgentAuthMiddleware  # noqa: E402
 
 # Daphne imports this module before it listens: from then on it counts request bodies as they arrive.

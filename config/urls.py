@@ -2,11 +2,12 @@ from django.contrib import admin
 from django.urls import path, re_path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from core import errors
 from marketplace import agent_api, demo, webapp
 from marketplace import api as bot_api
 from payouts import api as payouts_api
 
-from . import errors, health
+from . import health
 
 
 class IdConverter:
@@ -23,9 +24,9 @@ class IdConverter:
 
 register_converter(IdConverter, "id")
 
-handler400 = "config.errors.json_bad_request"
-handler404 = "config.errors.json_not_found"
-handler500 = "config.errors.json_server_error"
+handler400 = "core.errors.json_bad_request"
+handler404 = "core.errors.json_not_found"
+handler500 = "core.errors.json_server_error"
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),

@@ -16,8 +16,8 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 
-from config.display import format_money, format_when
-from config.errors import ApiError
+from core.display import format_money, format_when
+from core.errors import ApiError
 from marketplace.admin import AgentAdmin, ConversationAdmin, ReadOnlyAdmin
 from marketplace.models import Agent, Conversation
 

@@ -18,7 +18,7 @@ from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import AnonymousUser
 
-from config import edge
+from core import edge
 from marketplace import access
 
 

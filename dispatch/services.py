@@ -21,8 +21,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from config import jobs
-from config.errors import Conflict
+from core import jobs
+from core.errors import Conflict
 from marketplace import callbacks
 from marketplace.models import Agent, Conversation, Message
 from marketplace.services import (

@@ -42,7 +42,7 @@ credentials_revoked = Signal()
 
 
 # AuthenticationFailed (401 with WWW-Authenticate), with a code of their own in the error body.
-# (Not config.errors.ApiError: DRF imports this module while config.errors is being imported.)
+# (Not core.errors.ApiError: DRF imports this module while core.errors is being imported.)
 class TokenExpired(exceptions.AuthenticationFailed):
     own_code = True
     default_code = "token_expired"

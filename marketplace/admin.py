@@ -9,7 +9,7 @@ from django.db import connection
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from config.display import format_when
+from core.display import format_when
 
 from . import callbacks, services
 from .models import Agent, BotIntegration, CallbackAttempt, CallbackEvent, Conversation, ConversationEvent, Message

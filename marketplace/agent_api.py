@@ -19,7 +19,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.parsers import SafeJSONParser
+from core.parsers import SafeJSONParser
 
 from . import access, services
 from .models import Agent

@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.parsers import AnyContentTypeJSONParser, SafeJSONParser
+from core.parsers import AnyContentTypeJSONParser, SafeJSONParser
 
 from . import selectors, services
 from .bot_auth import BotRateThrottle, BotSignatureAuthentication, IsBotIntegration

@@ -14,7 +14,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions, status, throttling
 from rest_framework.request import Request
 
-from config.errors import ApiError, PayloadTooLarge
+from core.errors import ApiError, PayloadTooLarge
 
 from . import signing
 from .models import BotIntegration
@@ -52,7 +52,7 @@ class BadHeader(ApiError):
 
 
 class SignatureRejected(ApiError, exceptions.AuthenticationFailed):
-    """A 401 that names the header at fault (config.errors puts `field` in the body)."""
+    """A 401 that names the header at fault (core.errors puts `field` in the body)."""
 
     status_code = status.HTTP_401_UNAUTHORIZED
     default_code = "unauthorized"

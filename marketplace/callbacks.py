@@ -35,7 +35,7 @@ from django.db import transaction
 from django.db.models import F, Max, Q
 from django.utils import timezone
 
-from config import jobs
+from core import jobs
 
 from . import callback_http, signing, tasks
 from .models import BotIntegration, CallbackAttempt, CallbackEvent, Conversation

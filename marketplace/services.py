@@ -22,8 +22,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from config import jobs
-from config.errors import Conflict
+from core import jobs
+from core.errors import Conflict
 from dispatch import events as agent_events
 from dispatch import tasks as dispatch_tasks
 

@@ -9,8 +9,8 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from config.display import format_money, format_when
-from config.errors import ApiError
+from core.display import format_money, format_when
+from core.errors import ApiError
 from marketplace.admin import ReadOnlyAdmin, ReadOnlyInline
 
 from . import selectors, services

@@ -31,9 +31,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
-from config import jobs
-from config.errors import ApiError, Conflict
-from config.locks import advisory_xact_lock
+from core import jobs
+from core.errors import ApiError, Conflict
+from core.locks import advisory_xact_lock
 from dispatch.models import Assignment, Offer
 from marketplace.models import Agent, Conversation
 

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.test import Client
 
-from config import jobs
+from core import jobs
 from marketplace import services, signing
 from marketplace.models import Agent, BotIntegration, Conversation
 

@@ -1,4 +1,4 @@
-"""The edge of the web process (config/edge.py): body limits, proxy headers, the socket's Origin, the CSP.
+"""The edge of the web process (core/edge.py): body limits, proxy headers, the socket's Origin, the CSP.
 
 Large bodies go to a real Daphne process, whose memory is measured with psutil.
 """
@@ -20,7 +20,7 @@ from asgiref.testing import ApplicationCommunicator
 from django.core.asgi import get_asgi_application
 from django.urls import path as url_path
 
-from config import edge
+from core import edge
 
 from .processes import daphne_process, service_env
 
@@ -326,7 +326,7 @@ def _boom(request: Any) -> Any:
 
 
 urlpatterns = [url_path("boom", _boom)]
-handler500 = "config.errors.json_server_error"
+handler500 = "core.errors.json_server_error"
 
 
 def test_a_500_with_debug_off_says_nothing_of_the_settings(client, settings):

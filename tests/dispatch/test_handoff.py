@@ -27,7 +27,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 from django.db import connection, connections, transaction
 
-from config import jobs
+from core import jobs
 from dispatch import services as dispatch
 from payouts.models import Earning
 

@@ -163,7 +163,7 @@ def test_two_workers_delivering_one_conversation_send_each_event_once_in_order(
     for n in range(5):
         bot.post(f"/api/v1/escalations/{conversation_id}/messages", {"text": f"m{n}"})
     bot.post(f"/api/v1/escalations/{conversation_id}/cancel")
-    from config import jobs
+    from core import jobs
 
     jobs.runner.clear()  # only the two workers below deliver
     CallbackEvent.objects.update(state="pending", attempts=0, delivered_at=None)

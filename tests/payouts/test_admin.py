@@ -146,7 +146,7 @@ def test_paid_and_clawed_back_transfers_are_labelled():
     ],
 )
 def test_money_is_formatted_from_minor_units(amount, currency, shown):
-    from config.display import format_money
+    from core.display import format_money
 
     assert format_money(amount, currency) == shown
 

@@ -15,7 +15,7 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
-from config import jobs
+from core import jobs
 from dispatch.models import Assignment, Offer
 from marketplace.models import Agent, BotIntegration, Conversation
 from payouts import services as payouts

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from config import jobs
+from core import jobs
 from payouts import services as payouts
 from payouts.models import Earning, Reversal, Transfer
 
