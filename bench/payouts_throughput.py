@@ -69,6 +69,7 @@ def main() -> None:
     from django.conf import settings
     from django.db.models import Count
 
+    from dispatch import escalations
     from dispatch import services as dispatch
     from marketplace import services
     from marketplace.models import Agent
@@ -127,7 +128,7 @@ def main() -> None:
 
     def resolve(n: int) -> None:
         agent = agents[n % len(agents)]
-        conversation, _ = services.conversation_escalate(
+        conversation, _ = escalations.conversation_escalate(
             integration=integration, data=services.EscalationInput(external_id=f"pay-{n}", language="xx")
         )  # a language nobody speaks: the background dispatcher leaves it to us
         offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)

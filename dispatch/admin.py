@@ -20,8 +20,9 @@ from core.display import format_money, format_when
 from core.errors import ApiError
 from marketplace.admin import AgentAdmin, ConversationAdmin, ReadOnlyAdmin
 from marketplace.models import Agent, Conversation
+from marketplace.services import ConversationClosed
 
-from . import charts, ops, services
+from . import charts, escalations, ops, services
 from .models import AgentConnection, DispatchWeights, Offer, ServerHeartbeat
 
 REFRESH_SECONDS = 5
@@ -104,6 +105,19 @@ class SlaBreachFilter(admin.SimpleListFilter):
 class LiveConversationAdmin(ConversationAdmin):
     actions = ("cancel", "requeue_front", "reassign")
     list_filter = (SlaBreachFilter, *ConversationAdmin.list_filter)
+
+    @admin.action(description="Cancel selected conversations")
+    def cancel(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:
+        done = 0
+        for conversation in queryset:
+            try:
+                escalations.conversation_cancel(
+                    conversation_id=conversation.pk, actor=f"admin:{request.user}", reason="admin"
+                )
+                done += 1
+            except ConversationClosed:
+                self.message_user(request, f"{conversation.pk} is already closed.", messages.WARNING)
+        self.message_user(request, f"Cancelled {done} conversation(s).", messages.SUCCESS)
 
     @admin.action(description="Re-queue at the front (withdraws the offer or takes it from the agent)")
     def requeue_front(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:

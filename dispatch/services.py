@@ -755,6 +755,8 @@ def agent_suspend(*, agent_id: str, actor: str) -> Agent:
     """Admin: suspend the agent (it goes offline and cannot come back) and pass its work on (all or nothing)."""
 
     def suspend(agent: Agent) -> Agent:
+        if agent.status != Agent.Status.OFFLINE:
+            events.send_on_commit(agent_id, {"type": "presence", "status": Agent.Status.OFFLINE, "reason": "suspended"})
         agent = agent_set_approval(agent_id=agent_id, approval=Agent.Approval.SUSPENDED, actor=actor)
         agent_release_work(agent_id=agent_id, reason="agent_suspended")
         return agent

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
 from schemathesis.config import SchemathesisConfig
 
+from dispatch import escalations
 from dispatch import services as dispatch
 from marketplace import services, signing
 from marketplace.models import Agent, BotIntegration
@@ -142,12 +143,12 @@ def world(in_process, make_agent, make_integration, recorded_jobs, stripe_on, se
     agent = make_agent(username="fuzzed", capacity=5)
     ids = []
     for n, finish in enumerate(["waiting", "assigned", "resolved", "resolved", "cancelled"]):
-        conversation, _ = services.conversation_escalate(
+        conversation, _ = escalations.conversation_escalate(
             integration=integration, data=services.EscalationInput(external_id=f"seed-{n}", summary="seeded")
         )
         ids.append(conversation.pk)
         if finish == "cancelled":
-            services.conversation_cancel(conversation_id=conversation.pk, actor="test")
+            escalations.conversation_cancel(conversation_id=conversation.pk, actor="test")
         elif finish != "waiting":
             offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
             dispatch.offer_accept(offer_id=offer.pk, agent=agent)

@@ -9,6 +9,7 @@ import pytest
 from django.db.models import Count
 from django.utils import timezone
 
+from dispatch import escalations
 from dispatch import services as dispatch
 from dispatch.models import Offer
 from marketplace import services
@@ -117,7 +118,7 @@ def test_resolve_racing_a_cancel_closes_once_and_frees_the_slot_once(escalate, m
             lambda c=conversation, a=agent: dispatch.conversation_resolve(
                 conversation_id=c.pk, agent=a, outcome="resolved"
             ),
-            lambda c=conversation: services.conversation_cancel(conversation_id=c.pk, actor="bot"),
+            lambda c=conversation: escalations.conversation_cancel(conversation_id=c.pk, actor="bot"),
         )
 
         conversation.refresh_from_db()
@@ -155,7 +156,9 @@ def test_many_agents_and_conversations_at_once_never_assign_twice(integration, m
     settings.OFFER_TIMEOUT_SECONDS = 5
     agents = [make_agent(capacity=2) for _ in range(6)]
     for n in range(30):
-        services.conversation_escalate(integration=integration, data=services.EscalationInput(external_id=f"bulk-{n}"))
+        escalations.conversation_escalate(
+            integration=integration, data=services.EscalationInput(external_id=f"bulk-{n}")
+        )
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and Conversation.objects.filter(status__in=["queued", "offered"]).count() > 18:

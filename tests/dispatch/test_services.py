@@ -349,9 +349,9 @@ def test_queue_updates_are_pushed_when_the_position_changes_and_throttled(escala
     Conversation.objects.update(notified_at=timezone.now() - timedelta(seconds=60))
     assert dispatch.queue_updates_push() == 0  # nothing changed
 
-    from marketplace import services
+    from dispatch import escalations
 
-    services.conversation_cancel(conversation_id=first.pk, actor="bot")
+    escalations.conversation_cancel(conversation_id=first.pk, actor="bot")
     assert dispatch.queue_updates_push() == 1
     second.refresh_from_db()
     assert second.notified_position == 1
@@ -390,9 +390,9 @@ def test_an_agent_whose_offer_is_withdrawn_by_a_cancel_gets_other_work(escalate,
     recorded_jobs.run("dispatch_conversation")
     assert offer_of(first).agent_id == agent.pk
 
-    from marketplace import services
+    from dispatch import escalations
 
-    services.conversation_cancel(conversation_id=first.pk, actor="bot")
+    escalations.conversation_cancel(conversation_id=first.pk, actor="bot")
     recorded_jobs.run("dispatch_agent")
 
     assert offer_of(waiting).agent_id == agent.pk

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
 
+from dispatch import escalations
 from dispatch import services as dispatch
 from dispatch.models import Offer
 from marketplace import services
@@ -42,7 +43,7 @@ def two_agents(make_agent, integration, recorded_jobs, settings):
     Background jobs are recorded, not run: no dispatcher hands these out, no timer expires Bert's offer."""
 
     def escalate(external_id: str) -> Conversation:
-        conversation, _ = services.conversation_escalate(
+        conversation, _ = escalations.conversation_escalate(
             integration=integration, data=services.EscalationInput(external_id=external_id)
         )
         return conversation
@@ -172,7 +173,7 @@ async def test_another_agents_ids_change_nothing(two_agents, online_socket):
     hello = json.dumps(next(m for m in socket.seen if m["type"] == "hello"))
     assert theirs.pk not in hello and offer.pk not in hello and offer.conversation_id not in hello
     bert_socket = await online_socket(bert, go_online=False)
-    await sync_to_async(services.conversation_add_customer_message)(
+    await sync_to_async(escalations.conversation_add_customer_message)(
         conversation=theirs, text="for Bert only", external_message_id=None
     )
     await bert_socket.expect("message")  # delivered to Bert: it would have reached Anna by now too

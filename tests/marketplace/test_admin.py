@@ -7,6 +7,7 @@ from django.contrib import admin
 from django.contrib.admin.utils import quote
 from django.urls import reverse
 
+from dispatch import escalations
 from dispatch import services as dispatch
 from marketplace import services
 from marketplace.models import Agent, CallbackEvent, Conversation
@@ -17,11 +18,11 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def populated(integration, make_agent):
     agent = make_agent()
-    conversation, _ = services.conversation_escalate(
+    conversation, _ = escalations.conversation_escalate(
         integration=integration,
         data=services.EscalationInput(external_id="adm", transcript=[{"role": "bot", "text": "hi"}]),
     )
-    services.conversation_add_customer_message(conversation=conversation, text="hello", external_message_id="x")
+    escalations.conversation_add_customer_message(conversation=conversation, text="hello", external_message_id="x")
     offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
     dispatch.offer_accept(offer_id=offer.pk, agent=agent)
     return conversation

@@ -8,6 +8,7 @@ import pytest
 from django.core.cache import cache
 from django.utils import timezone
 
+from dispatch import escalations
 from marketplace import selectors, services
 from marketplace.models import Conversation
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.django_db
 
 
 def escalate(integration, external_id: str, **fields) -> Conversation:
-    conversation, _ = services.conversation_escalate(
+    conversation, _ = escalations.conversation_escalate(
         integration=integration, data=services.EscalationInput(external_id=external_id, **fields)
     )
     return conversation
@@ -98,7 +99,7 @@ def test_an_offer_again_after_the_assignment_leaves_the_answer_time_alone(integr
     clock.advance(600)
     dispatch.conversation_requeue(conversation_id=conversation.pk, actor="system", reason="agent_disconnected")
     dispatch.offer_create(conversation_id=conversation.pk, agent_id=second.pk)  # offered after it was assigned
-    services.conversation_cancel(conversation_id=conversation.pk, actor="bot")
+    escalations.conversation_cancel(conversation_id=conversation.pk, actor="bot")
     cache.clear()
     assert selectors.answer_seconds() == pytest.approx(4, abs=1)
     assert selectors.wait_estimate(escalate(integration, "b")).seconds in (4, 5)  # rounded up

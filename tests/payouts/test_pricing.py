@@ -13,6 +13,7 @@ import pytest
 from django.conf import settings
 from django.core.cache import cache
 
+from dispatch import escalations
 from dispatch import services as dispatch
 from dispatch.models import Assignment
 from marketplace import services as marketplace
@@ -313,7 +314,7 @@ def test_an_unresolved_outcome_earns_nothing(recorded_jobs, make_agent, resolve)
     assert "release_earning" not in recorded_jobs.names()
 
     # and a 5-star rating of it earns no bonus either
-    marketplace.conversation_rate(conversation_id=conv.pk, score=5, comment="", actor="bot")
+    escalations.conversation_rate(conversation_id=conv.pk, score=5, comment="", actor="bot")
     assert not Earning.objects.exists()
 
 
@@ -330,7 +331,7 @@ def test_a_rating_of_4_or_5_earns_the_quality_bonus(recorded_jobs, make_agent, r
     resolution = Earning.objects.get(conversation=conv, kind=Earning.Kind.RESOLUTION)
 
     # when: the customer rates it
-    marketplace.conversation_rate(conversation_id=conv.pk, score=score, comment="", actor="bot")
+    escalations.conversation_rate(conversation_id=conv.pk, score=score, comment="", actor="bot")
 
     # then
     bonuses = list(Earning.objects.filter(conversation=conv, kind=Earning.Kind.QUALITY_BONUS))
@@ -355,7 +356,7 @@ def test_the_bonus_is_the_one_quoted_not_the_policys_current_one(recorded_jobs, 
     PayPolicy.objects.update(quality_bonus_amount=500)
 
     # when
-    marketplace.conversation_rate(conversation_id=conv.pk, score=5, comment="great", actor="bot")
+    escalations.conversation_rate(conversation_id=conv.pk, score=5, comment="great", actor="bot")
 
     # then
     assert Earning.objects.get(conversation=conv, kind=Earning.Kind.QUALITY_BONUS).amount == 150
@@ -367,11 +368,11 @@ def test_a_conversation_is_rated_once_and_earns_one_bonus(recorded_jobs, make_ag
     policy(quality_bonus_amount=150)
     agent = make_agent()
     conv = resolve(agent, language="en")
-    marketplace.conversation_rate(conversation_id=conv.pk, score=5, comment="", actor="bot")
+    escalations.conversation_rate(conversation_id=conv.pk, score=5, comment="", actor="bot")
 
     # when: rated again
     with pytest.raises(marketplace.AlreadyRated):
-        marketplace.conversation_rate(conversation_id=conv.pk, score=5, comment="", actor="bot")
+        escalations.conversation_rate(conversation_id=conv.pk, score=5, comment="", actor="bot")
 
     # then: still one bonus; and asking the payouts service again changes nothing either
     assert payouts.earning_accrue_bonus(conversation=conv, score=5) is None
@@ -388,7 +389,7 @@ def test_a_disputed_resolution_earns_no_bonus(recorded_jobs, make_agent, resolve
     payouts.earning_dispute(earning_id=resolution.pk, reason="test", actor="admin")
 
     # when
-    marketplace.conversation_rate(conversation_id=conv.pk, score=5, comment="", actor="bot")
+    escalations.conversation_rate(conversation_id=conv.pk, score=5, comment="", actor="bot")
 
     # then
     assert not Earning.objects.filter(kind=Earning.Kind.QUALITY_BONUS).exists()
