@@ -69,8 +69,8 @@ def main() -> None:
     from django.conf import settings
     from django.db.models import Count
 
-    from dispatch import escalations
     from dispatch import services as dispatch
+    from dispatch.services import escalations
     from marketplace import services
     from marketplace.models import Agent
     from payouts.models import ConnectedAccount, Earning, Transfer

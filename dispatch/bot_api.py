@@ -25,7 +25,7 @@ from marketplace.serializers import (
     ReopenInputSerializer,
 )
 
-from . import escalations, services
+from .services import conversations, escalations
 
 # Bodies are JSON. The parser also takes JSON sent with another Content-Type (a bot's HTTP library may
 # not set it), which is leniency, not a promise: the schema must not offer `*/*` (XML, YAML...) to clients.
@@ -160,7 +160,7 @@ class EscalationReopenApi(BotApi):
         conversation = self.conversation(conversation_id)
         serializer = ReopenInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        reopened = services.conversation_reopen(
+        reopened = conversations.conversation_reopen(
             conversation_id=conversation.pk, actor=self.actor(), reason=serializer.validated_data["reason"]
         )
         return self.render(reopened)

@@ -28,7 +28,9 @@ from rest_framework.exceptions import APIException
 from marketplace import access
 from marketplace.models import Agent, Conversation
 
-from . import events, selectors, services
+from . import events, payloads, selectors
+from .services import conversations, offers, presence
+from .services import errors as dispatch_errors
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ async def _heartbeat() -> None:
     rechecked = time.monotonic()
     while True:
         try:
-            await database_sync_to_async(services.server_heartbeat)(server_id=SERVER_ID)
+            await database_sync_to_async(presence.server_heartbeat)(server_id=SERVER_ID)
         except Exception:
             logger.exception("server heartbeat failed")
         cutoff = time.monotonic() - settings.CONNECTION_IDLE_TIMEOUT_SECONDS
@@ -131,10 +133,10 @@ class AgentConsumer(AsyncWebsocketConsumer):
         # Join before taking the snapshot: nothing that happens in between is missed.
         await self.channel_layer.group_add(events.agent_group(self.agent_id), self.channel_name)
         try:
-            await database_sync_to_async(services.connection_open)(
+            await database_sync_to_async(presence.connection_open)(
                 agent_id=self.agent_id, channel_name=self.channel_name, server_id=SERVER_ID
             )
-        except services.TooManySockets as exc:
+        except dispatch_errors.TooManySockets as exc:
             await self.send_json({"type": "error", "code": "too_many_sockets", "detail": str(exc.detail)})
             await self.close(code=4409)
             return
@@ -149,7 +151,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             ):
                 await self.revoked("revoked")
                 return
-            hello = await database_sync_to_async(services.hello_payload)(self.agent_id)
+            hello = await database_sync_to_async(payloads.hello_payload)(self.agent_id)
         except DatabaseError:
             # The database connection was lost: close (disconnect() cleans up) and let the app
             # reconnect, rather than crash and leave the connection row behind.
@@ -198,7 +200,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         # process still beats): a lost database connection gets a few more tries.
         for delay in (0.2, 0.5, 1, 2, 4, 0):
             try:
-                await database_sync_to_async(services.connection_close)(channel_name=self.channel_name)
+                await database_sync_to_async(presence.connection_close)(channel_name=self.channel_name)
                 break
             except DatabaseError:
                 if not delay:
@@ -297,20 +299,20 @@ class AgentConsumer(AsyncWebsocketConsumer):
         status = content.get("status")
         if status not in Agent.Status.values:
             raise BadMessage("invalid_request", "status: one of online, away, offline.")
-        await database_sync_to_async(services.agent_set_status)(
+        await database_sync_to_async(presence.agent_set_status)(
             agent_id=self.agent_id, status=status, actor=f"agent:{self.agent_id}"
         )
 
     async def on_offer_accept(self, content: dict[str, Any]) -> None:
         offer_id = _field(content, "offer_id")
         agent = await self._agent()
-        await database_sync_to_async(services.offer_accept)(offer_id=offer_id, agent=agent)
+        await database_sync_to_async(offers.offer_accept)(offer_id=offer_id, agent=agent)
 
     async def on_offer_decline(self, content: dict[str, Any]) -> None:
         offer_id = _field(content, "offer_id")
         reason = _field(content, "reason", required=False)
         agent = await self._agent()
-        await database_sync_to_async(services.offer_decline)(offer_id=offer_id, agent=agent, reason=reason)
+        await database_sync_to_async(offers.offer_decline)(offer_id=offer_id, agent=agent, reason=reason)
         await self.send_json({"type": "offer.declined", "offer_id": offer_id})
 
     async def on_message_send(self, content: dict[str, Any]) -> None:
@@ -318,7 +320,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         text = _field(content, "text", max_length=20_000)
         client_id = _field(content, "client_id")
         agent = await self._agent()
-        await database_sync_to_async(services.conversation_add_agent_message)(
+        await database_sync_to_async(conversations.conversation_add_agent_message)(
             conversation_id=conversation_id, agent=agent, text=text, client_id=client_id
         )
 
@@ -329,7 +331,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             raise BadMessage("invalid_request", "outcome: one of resolved, unresolved.")
         note = _field(content, "note", max_length=5_000, required=False)
         agent = await self._agent()
-        await database_sync_to_async(services.conversation_resolve)(
+        await database_sync_to_async(conversations.conversation_resolve)(
             conversation_id=conversation_id, agent=agent, outcome=outcome, note=note
         )
 

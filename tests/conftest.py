@@ -21,7 +21,7 @@ from django.core.cache import cache
 from django.test import Client
 
 from core import jobs
-from dispatch import escalations
+from dispatch.services import escalations
 from marketplace import services, signing
 from marketplace.models import Agent, BotIntegration, Conversation
 

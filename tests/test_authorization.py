@@ -29,8 +29,8 @@ def agent_client(agent) -> Client:
 
 @pytest.fixture
 def two_agents(make_agent, integration, recorded_jobs):
-    from dispatch import escalations
     from dispatch import services as dispatch
+    from dispatch.services import escalations
     from marketplace import services
 
     a, b = make_agent(username="anna"), make_agent(username="bert")

@@ -56,7 +56,7 @@ def test_escalation_over_http_is_called_back_by_the_celery_worker(make_integrati
 def test_a_lost_task_is_recovered_by_celery_beats_sweeper(integration, callback_receiver, tmp_path, lost_tasks):
     from django.utils import timezone
 
-    from dispatch import escalations
+    from dispatch.services import escalations
     from marketplace import services
 
     integration.callback_url = callback_receiver.url

@@ -28,8 +28,7 @@ from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
 from schemathesis.config import SchemathesisConfig
 
-from dispatch import escalations
-from dispatch import services as dispatch
+from dispatch.services import conversations, escalations, offers
 from marketplace import services, signing
 from marketplace.models import Agent, BotIntegration
 
@@ -150,10 +149,10 @@ def world(in_process, make_agent, make_integration, recorded_jobs, stripe_on, se
         if finish == "cancelled":
             escalations.conversation_cancel(conversation_id=conversation.pk, actor="test")
         elif finish != "waiting":
-            offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
-            dispatch.offer_accept(offer_id=offer.pk, agent=agent)
+            offer = offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
+            offers.offer_accept(offer_id=offer.pk, agent=agent)
             if finish == "resolved":
-                dispatch.conversation_resolve(conversation_id=conversation.pk, agent=agent, outcome="resolved")
+                conversations.conversation_resolve(conversation_id=conversation.pk, agent=agent, outcome="resolved")
     KNOWN_IDS[:] = ids
     SignAtTheDoor.secret = integration.secret
     token = Token.objects.create(user=agent.user).key

@@ -10,8 +10,8 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 from playwright.sync_api import expect
 
-from dispatch import escalations
 from dispatch.models import Offer
+from dispatch.services import escalations
 from marketplace import services
 from marketplace.models import Agent, BotIntegration, Conversation, ConversationEvent
 from payouts.models import Earning, Transfer

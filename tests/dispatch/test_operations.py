@@ -14,8 +14,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from dispatch import charts, ops
-from dispatch import services as dispatch
 from dispatch.models import Assignment, Offer
+from dispatch.services import offers
 from marketplace.models import Agent, BotIntegration, CallbackEvent, Conversation, ConversationEvent
 from payouts.models import Earning, Transfer
 
@@ -164,10 +164,10 @@ def test_a_wait_runs_from_the_escalation_through_declined_offers_not_from_queued
     first, second = make_agent(), make_agent()
     conversation = escalate(language="en", topic="billing")
     ConversationEvent.objects.filter(conversation=conversation).update(created_at=now - 90 * S)
-    offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=first.pk)
-    dispatch.offer_decline(offer_id=offer.pk, agent=first)
-    offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=second.pk)
-    dispatch.offer_accept(offer_id=offer.pk, agent=second)
+    offer = offers.offer_create(conversation_id=conversation.pk, agent_id=first.pk)
+    offers.offer_decline(offer_id=offer.pk, agent=first)
+    offer = offers.offer_create(conversation_id=conversation.pk, agent_id=second.pk)
+    offers.offer_accept(offer_id=offer.pk, agent=second)
 
     spells = ops.waiting_spells(since=now - H, now=timezone.now())
 
@@ -452,8 +452,8 @@ def test_the_sla_filter_lists_the_conversations_over_the_target(admin_client, li
 def test_suspending_an_agent_passes_its_work_on(admin_client, escalate, make_agent, recorded_jobs):
     agent = make_agent()
     conversation = escalate(language="en", topic="billing")
-    offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
-    dispatch.offer_accept(offer_id=offer.pk, agent=agent)
+    offer = offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
+    offers.offer_accept(offer_id=offer.pk, agent=agent)
 
     response = admin_client.post(
         reverse("admin:marketplace_agent_changelist"),
@@ -472,7 +472,7 @@ def test_suspending_an_agent_passes_its_work_on(admin_client, escalate, make_age
 def test_suspending_withdraws_an_open_offer(admin_client, escalate, make_agent, recorded_jobs):
     agent = make_agent()
     conversation = escalate(language="en", topic="billing")
-    offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
+    offer = offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
 
     admin_client.post(
         reverse("admin:marketplace_agent_changelist"), {"action": "suspend", "_selected_action": [agent.pk]}

@@ -19,9 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
 
-from dispatch import escalations
-from dispatch import services as dispatch
 from dispatch.models import Offer
+from dispatch.services import escalations, offers
 from marketplace import services
 from marketplace.models import Agent, Conversation, Message
 
@@ -50,11 +49,11 @@ def two_agents(make_agent, integration, recorded_jobs, settings):
 
     anna, bert = make_agent(username="anna", capacity=3), make_agent(username="bert", capacity=3)
     own = escalate("anna-1")
-    dispatch.offer_accept(offer_id=dispatch.offer_create(conversation_id=own.pk, agent_id=anna.pk).pk, agent=anna)
+    offers.offer_accept(offer_id=offers.offer_create(conversation_id=own.pk, agent_id=anna.pk).pk, agent=anna)
     theirs = escalate("bert-1")
-    dispatch.offer_accept(offer_id=dispatch.offer_create(conversation_id=theirs.pk, agent_id=bert.pk).pk, agent=bert)
+    offers.offer_accept(offer_id=offers.offer_create(conversation_id=theirs.pk, agent_id=bert.pk).pk, agent=bert)
     offered = escalate("bert-2")
-    offer = dispatch.offer_create(conversation_id=offered.pk, agent_id=bert.pk)
+    offer = offers.offer_create(conversation_id=offered.pk, agent_id=bert.pk)
     return anna, bert, own, theirs, offer
 
 

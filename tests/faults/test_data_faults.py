@@ -524,7 +524,7 @@ def test_stripe_and_the_bots_endpoint_failing_and_hanging_pay_once_and_deliver_i
 def test_a_request_that_loses_its_database_connection_is_a_503_to_retry(bot, monkeypatch):
     from django.db import OperationalError
 
-    from dispatch import escalations
+    from dispatch.services import escalations
 
     def lost(**kwargs: Any) -> None:
         raise OperationalError("terminating connection due to administrator command")

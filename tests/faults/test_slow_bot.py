@@ -23,7 +23,7 @@ import pytest
 from django.db.models import Max
 from django.utils import timezone
 
-from dispatch import escalations
+from dispatch.services import escalations
 from marketplace import services
 from marketplace.models import BotIntegration, CallbackEvent
 from payouts.models import Transfer

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from dispatch import escalations
+from dispatch.services import escalations
 from marketplace import callbacks, services
 from marketplace.models import BotIntegration, CallbackAttempt, CallbackEvent, Conversation
 

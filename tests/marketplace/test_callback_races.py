@@ -11,7 +11,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from dispatch import escalations
+from dispatch.services import escalations
 from marketplace import callbacks, services
 from marketplace.models import CallbackEvent
 

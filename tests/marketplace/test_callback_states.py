@@ -20,7 +20,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from dispatch import escalations
+from dispatch.services import escalations
 from marketplace import callbacks, services
 from marketplace.models import BotIntegration, CallbackAttempt, CallbackEvent
 

@@ -192,7 +192,7 @@ def test_backoff_grows_and_is_jittered(settings):
 def test_nothing_is_sent_for_a_rolled_back_change(receiving_bot, callback_receiver, fast_retries):
     from django.db import transaction
 
-    from dispatch import escalations
+    from dispatch.services import escalations
     from marketplace import services
 
     with pytest.raises(RuntimeError), transaction.atomic():

@@ -8,7 +8,7 @@ import pytest
 from django.core.cache import cache
 from django.utils import timezone
 
-from dispatch import escalations
+from dispatch.services import escalations
 from marketplace import selectors, services
 from marketplace.models import Conversation
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from django.db import connection, connections, transaction
 
-from dispatch import escalations
-from dispatch import services as dispatch
+from dispatch.services import errors as dispatch_errors
+from dispatch.services import escalations, offers
 from marketplace import callbacks, services
 from marketplace.models import CallbackEvent, Conversation, Message
 
@@ -133,10 +133,10 @@ def test_accept_racing_a_cancel_has_exactly_one_outcome(integration, make_agent)
         conversation, _ = escalations.conversation_escalate(
             integration=integration, data=services.EscalationInput(external_id=f"ac-{n}")
         )
-        offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
+        offer = offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
 
         accept, cancel = together(
-            lambda o=offer, a=agent: dispatch.offer_accept(offer_id=o.pk, agent=a),
+            lambda o=offer, a=agent: offers.offer_accept(offer_id=o.pk, agent=a),
             lambda c=conversation: escalations.conversation_cancel(conversation_id=c.pk, actor="bot"),
         )
 
@@ -147,7 +147,7 @@ def test_accept_racing_a_cancel_has_exactly_one_outcome(integration, make_agent)
         assert conversation.status == "cancelled"
         assert agent.active_count == 0  # freed if the accept won, never taken otherwise
         if isinstance(accept, Exception):
-            assert isinstance(accept, dispatch.OfferNotOpen)
+            assert isinstance(accept, dispatch_errors.OfferNotOpen)
             assert offer.state == "revoked"
         else:
             assert offer.state == "accepted"

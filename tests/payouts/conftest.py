@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from dispatch import services as dispatch
 from dispatch.models import Offer
+from dispatch.services import conversations, offers
+from dispatch.services import errors as dispatch_errors
 from marketplace.models import Agent, Conversation
 from payouts import services as payouts
 from payouts.models import ConnectedAccount, LedgerLine, StripeEvent, Transfer
@@ -75,8 +76,8 @@ def offer_for(conversation: Conversation, agent: Agent) -> Offer:
         if pending is not None:
             return pending
         try:
-            return dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
-        except (dispatch.OfferNotOpen, dispatch.AgentUnavailable):
+            return offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
+        except (dispatch_errors.OfferNotOpen, dispatch_errors.AgentUnavailable):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.02)  # a dispatch job is offering it right now
@@ -89,8 +90,8 @@ def resolve(escalate: Callable[..., Conversation]) -> Callable[..., Conversation
     def run(agent: Agent, outcome: str = "resolved", **fields: Any) -> Conversation:
         conversation = escalate(**fields)
         Agent.objects.filter(pk=agent.pk).update(status=Agent.Status.ONLINE)
-        dispatch.offer_accept(offer_id=offer_for(conversation, agent).pk, agent=agent)
-        return dispatch.conversation_resolve(conversation_id=conversation.pk, agent=agent, outcome=outcome)
+        offers.offer_accept(offer_id=offer_for(conversation, agent).pk, agent=agent)
+        return conversations.conversation_resolve(conversation_id=conversation.pk, agent=agent, outcome=outcome)
 
     return run
 

@@ -13,9 +13,9 @@ import pytest
 from django.conf import settings
 from django.core.cache import cache
 
-from dispatch import escalations
-from dispatch import services as dispatch
+from dispatch import escalations, payloads
 from dispatch.models import Assignment
+from dispatch.services import conversations, offers
 from marketplace import services as marketplace
 from marketplace.models import Agent, Conversation
 from payouts import pricing
@@ -184,13 +184,13 @@ def test_an_offer_under_queue_pressure_pays_base_times_surge(recorded_jobs, make
     cache.clear()
 
     # when: the first one is offered
-    offer = dispatch.offer_create(conversation_id=waiting[0].pk, agent_id=agent.pk)
+    offer = offers.offer_create(conversation_id=waiting[0].pk, agent_id=agent.pk)
 
     # then: pressure 3 per free slot -> 1 + 0.25 x (3 - 1) = x1.50
     offer.refresh_from_db()
     assert (offer.pay_base, offer.pay_surge, offer.pay_amount) == (400, Decimal("1.50"), 600)
     assert offer.pay_bonus == 150
-    payload = dispatch.offer_payload(offer)
+    payload = payloads.offer_payload(offer)
     assert payload["type"] == "offer"
     assert payload["pay"] == {
         "amount": 600,
@@ -209,7 +209,7 @@ def test_a_calm_queue_pays_the_base(recorded_jobs, make_agent, escalate):
     waiting = escalate(language="en")
 
     # when
-    offer = dispatch.offer_create(conversation_id=waiting.pk, agent_id=agent.pk)
+    offer = offers.offer_create(conversation_id=waiting.pk, agent_id=agent.pk)
 
     # then
     assert (offer.pay_base, offer.pay_surge, offer.pay_amount) == (400, Decimal("1.00"), 400)
@@ -224,7 +224,7 @@ def test_the_surged_amount_rounds_half_up_to_a_minor_unit(recorded_jobs, make_ag
     waiting = [escalate(language="en", topic="billing") for _ in range(3)]
 
     # when
-    offer = dispatch.offer_create(conversation_id=waiting[0].pk, agent_id=agent.pk)
+    offer = offers.offer_create(conversation_id=waiting[0].pk, agent_id=agent.pk)
 
     # then
     assert offer.pay_amount == 500
@@ -254,7 +254,7 @@ def test_disabled_surge_pays_the_base_however_long_the_queue(recorded_jobs, make
     agent = make_agent(languages=("en",))
     waiting = [escalate(language="en") for _ in range(6)]
 
-    offer = dispatch.offer_create(conversation_id=waiting[0].pk, agent_id=agent.pk)
+    offer = offers.offer_create(conversation_id=waiting[0].pk, agent_id=agent.pk)
 
     assert (offer.pay_surge, offer.pay_amount) == (Decimal("1.00"), 400)
 
@@ -269,7 +269,7 @@ def test_the_offers_quote_is_what_the_resolution_earns(recorded_jobs, make_agent
     rule = PayRule.objects.create(topic="billing", amount=500)
     agent = make_agent(skills=("billing",))
     conv = escalate(topic="billing", language="en")
-    offer = dispatch.offer_create(conversation_id=conv.pk, agent_id=agent.pk)
+    offer = offers.offer_create(conversation_id=conv.pk, agent_id=agent.pk)
     assert offer.pay_amount == 500
 
     # when: the pay rule and the policy change while the offer is open; the agent accepts and resolves
@@ -277,8 +277,8 @@ def test_the_offers_quote_is_what_the_resolution_earns(recorded_jobs, make_agent
     PayPolicy.objects.update(default_amount=1000, quality_bonus_amount=999)
     cache.clear()
     assert pricing.quote(conv).base == 900  # a quote taken now would differ
-    dispatch.offer_accept(offer_id=offer.pk, agent=agent)
-    dispatch.conversation_resolve(conversation_id=conv.pk, agent=agent, outcome="resolved")
+    offers.offer_accept(offer_id=offer.pk, agent=agent)
+    conversations.conversation_resolve(conversation_id=conv.pk, agent=agent, outcome="resolved")
 
     # then: the assignment locked the offer's quote, and the earning is exactly that
     assignment = Assignment.objects.get(conversation=conv)
@@ -406,14 +406,14 @@ def test_an_admin_reassignment_locks_a_fresh_quote(recorded_jobs, make_agent, es
     first = make_agent(skills=("billing",))
     second = make_agent(skills=("billing",))
     conv = escalate(topic="billing", language="en")
-    offer = dispatch.offer_create(conversation_id=conv.pk, agent_id=first.pk)
-    dispatch.offer_accept(offer_id=offer.pk, agent=first)
+    offer = offers.offer_create(conversation_id=conv.pk, agent_id=first.pk)
+    offers.offer_accept(offer_id=offer.pk, agent=first)
     PayRule.objects.filter(pk=rule.pk).update(amount=800)
     PayPolicy.objects.update(quality_bonus_amount=200)
     cache.clear()
 
     # when: an admin gives the conversation to the second agent
-    dispatch.conversation_reassign(conversation_id=conv.pk, agent_id=second.pk, actor="admin:ops")
+    conversations.conversation_reassign(conversation_id=conv.pk, agent_id=second.pk, actor="admin:ops")
 
     # then: the first spell ended as reassigned with its old quote; the new one has no offer and a fresh quote
     old, new = Assignment.objects.filter(conversation=conv).order_by("pk")
@@ -423,7 +423,7 @@ def test_an_admin_reassignment_locks_a_fresh_quote(recorded_jobs, make_agent, es
     assert (new.pay_amount, new.pay_currency, new.quality_bonus) == (800, settings.PLATFORM_CURRENCY, 200)
 
     # and resolving pays the second agent the fresh quote, and the first nothing
-    dispatch.conversation_resolve(conversation_id=conv.pk, agent=second, outcome="resolved")
+    conversations.conversation_resolve(conversation_id=conv.pk, agent=second, outcome="resolved")
     earning = Earning.objects.get(conversation=conv)
     assert (earning.agent_id, earning.amount) == (second.pk, 800)
     assert earning.assignment_id == new.pk and earning.detail == {"quoted_at": "assignment"}
@@ -438,7 +438,7 @@ def test_a_reassignment_of_a_queued_conversation_quotes_the_surge_of_the_moment(
     waiting = [escalate(language="en") for _ in range(4)]
 
     # when: an admin assigns the first one directly (no offer)
-    dispatch.conversation_reassign(conversation_id=waiting[0].pk, agent_id=agent.pk, actor="admin:ops")
+    conversations.conversation_reassign(conversation_id=waiting[0].pk, agent_id=agent.pk, actor="admin:ops")
 
     # then: 4 waiting per free slot -> x1.75
     assignment = Assignment.objects.get(conversation=waiting[0])

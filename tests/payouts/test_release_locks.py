@@ -9,8 +9,8 @@ import time
 import pytest
 from django.db import OperationalError, connections, transaction
 
-from dispatch import services as dispatch
 from dispatch.models import Offer
+from dispatch.services import conversations, offers
 from marketplace.models import Agent
 from payouts import services as payouts
 from payouts.models import Earning
@@ -22,8 +22,8 @@ def earned(escalate, agent, recorded_jobs) -> Earning:
     """A resolution's earning, past its hold and not yet released (its release job recorded, not run)."""
     conversation = escalate()
     recorded_jobs.run("dispatch_conversation")
-    dispatch.offer_accept(offer_id=Offer.objects.get(conversation=conversation).pk, agent=agent)
-    dispatch.conversation_resolve(conversation_id=conversation.pk, agent=agent, outcome="resolved")
+    offers.offer_accept(offer_id=Offer.objects.get(conversation=conversation).pk, agent=agent)
+    conversations.conversation_resolve(conversation_id=conversation.pk, agent=agent, outcome="resolved")
     recorded_jobs.clear()
     return Earning.objects.get(conversation=conversation)
 

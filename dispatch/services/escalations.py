@@ -8,17 +8,22 @@ to the bot, messages to agents, background jobs) are sent only after the transac
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from core import jobs
 from marketplace import callbacks
+from marketplace import selectors as marketplace_selectors
 from marketplace import services as marketplace_services
 from marketplace.models import Agent, BotIntegration, Conversation, Message
 from payouts import services as payout_services
 
-from . import events, services, tasks
+from .. import events, payloads, tasks
+from . import conversations, offers
 
 
 def conversation_escalate(
@@ -91,7 +96,7 @@ def conversation_add_customer_message(
                 conversation=locked, role=Message.Role.CUSTOMER, text=text, external_id=external_message_id or None
             )
             if locked.status == Conversation.Status.ASSIGNED and locked.assigned_agent_id:
-                events.send_on_commit(locked.assigned_agent_id, events.message_payload(message))
+                events.send_on_commit(locked.assigned_agent_id, payloads.message_payload(message))
     except IntegrityError:
         return Message.objects.get(conversation=conversation, external_id=external_message_id), False
     return message, True
@@ -108,13 +113,13 @@ def conversation_cancel(*, conversation_id: str, actor: str, reason: str = "cust
     conversation = _locked(conversation_id)
     if conversation.is_closed:
         return conversation
-    services.offers_revoke_for_conversation(conversation=conversation, reason="cancelled")
+    offers.offers_revoke_for_conversation(conversation=conversation, reason="cancelled")
     agent_id = conversation.assigned_agent_id if conversation.status == Conversation.Status.ASSIGNED else None
     marketplace_services.conversation_transition(
         conversation=conversation, to=Conversation.Status.CANCELLED, actor=actor, data={"reason": reason}
     )
     if agent_id:
-        services.assignment_end(conversation_id=conversation.id, reason="cancelled")
+        conversations.assignment_end(conversation_id=conversation.id, reason="cancelled")
         marketplace_services.agent_release_slot(agent_id)
         events.send_on_commit(
             agent_id,
@@ -149,3 +154,22 @@ def conversation_rate(*, conversation_id: str, score: int, comment: str, actor: 
     marketplace_services.conversation_log(conversation=conversation, kind="rated", actor=actor, data={"score": score})
     payout_services.earning_accrue_bonus(conversation=conversation, score=score)
     return conversation
+
+
+def queue_updates_push() -> int:
+    """Tell bots of changed queue positions and waits, at most every QUEUE_UPDATE_MIN_SECONDS each."""
+    cutoff = timezone.now() - timedelta(seconds=settings.QUEUE_UPDATE_MIN_SECONDS)
+    pushed = 0
+    for conversation_id, estimate in marketplace_selectors.wait_estimates_for_waiting().items():
+        with transaction.atomic():
+            conversation = Conversation.objects.select_for_update().get(pk=conversation_id)
+            if not conversation.is_waiting or (conversation.notified_at and conversation.notified_at > cutoff):
+                continue
+            if (conversation.notified_position, conversation.notified_wait_seconds) == (
+                estimate.queue_position,
+                estimate.seconds,
+            ):
+                continue
+            marketplace_services.conversation_notify_queued(conversation, estimate=estimate)
+            pushed += 1
+    return pushed
