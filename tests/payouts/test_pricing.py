@@ -13,9 +13,9 @@ import pytest
 from django.conf import settings
 from django.core.cache import cache
 
-from dispatch import escalations, payloads
+from dispatch import payloads
 from dispatch.models import Assignment
-from dispatch.services import conversations, offers
+from dispatch.services import conversations, escalations, offers
 from marketplace import services as marketplace
 from marketplace.models import Agent, Conversation
 from payouts import pricing
