@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
 from schemathesis.config import SchemathesisConfig
 
-from dispatch.services import conversations, escalations, offers
+from dispatch.services import conversations as dispatch_conversations
+from dispatch.services import escalations, offers
 from marketplace import services, signing
 from marketplace.models import Agent, BotIntegration
 
@@ -152,7 +153,9 @@ def world(in_process, make_agent, make_integration, recorded_jobs, stripe_on, se
             offer = offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
             offers.offer_accept(offer_id=offer.pk, agent=agent)
             if finish == "resolved":
-                conversations.conversation_resolve(conversation_id=conversation.pk, agent=agent, outcome="resolved")
+                dispatch_conversations.conversation_resolve(
+                    conversation_id=conversation.pk, agent=agent, outcome="resolved"
+                )
     KNOWN_IDS[:] = ids
     SignAtTheDoor.secret = integration.secret
     token = Token.objects.create(user=agent.user).key

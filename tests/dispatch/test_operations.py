@@ -16,7 +16,7 @@ from django.utils import timezone
 from dispatch import charts, ops
 from dispatch import windows as window_ops
 from dispatch.models import Assignment, Offer
-from dispatch.services import offers
+from dispatch.services import offers as dispatch_offers
 from marketplace.models import Agent, BotIntegration, CallbackEvent, Conversation, ConversationEvent
 from payouts.models import Earning, Transfer
 
@@ -165,10 +165,10 @@ def test_a_wait_runs_from_the_escalation_through_declined_offers_not_from_queued
     first, second = make_agent(), make_agent()
     conversation = escalate(language="en", topic="billing")
     ConversationEvent.objects.filter(conversation=conversation).update(created_at=now - 90 * S)
-    offer = offers.offer_create(conversation_id=conversation.pk, agent_id=first.pk)
-    offers.offer_decline(offer_id=offer.pk, agent=first)
-    offer = offers.offer_create(conversation_id=conversation.pk, agent_id=second.pk)
-    offers.offer_accept(offer_id=offer.pk, agent=second)
+    offer = dispatch_offers.offer_create(conversation_id=conversation.pk, agent_id=first.pk)
+    dispatch_offers.offer_decline(offer_id=offer.pk, agent=first)
+    offer = dispatch_offers.offer_create(conversation_id=conversation.pk, agent_id=second.pk)
+    dispatch_offers.offer_accept(offer_id=offer.pk, agent=second)
 
     spells = window_ops.waiting_spells(since=now - H, now=timezone.now())
 
@@ -453,8 +453,8 @@ def test_the_sla_filter_lists_the_conversations_over_the_target(admin_client, li
 def test_suspending_an_agent_passes_its_work_on(admin_client, escalate, make_agent, recorded_jobs):
     agent = make_agent()
     conversation = escalate(language="en", topic="billing")
-    offer = offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
-    offers.offer_accept(offer_id=offer.pk, agent=agent)
+    offer = dispatch_offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
+    dispatch_offers.offer_accept(offer_id=offer.pk, agent=agent)
 
     response = admin_client.post(
         reverse("admin:marketplace_agent_changelist"),
@@ -473,7 +473,7 @@ def test_suspending_an_agent_passes_its_work_on(admin_client, escalate, make_age
 def test_suspending_withdraws_an_open_offer(admin_client, escalate, make_agent, recorded_jobs):
     agent = make_agent()
     conversation = escalate(language="en", topic="billing")
-    offer = offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
+    offer = dispatch_offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
 
     admin_client.post(
         reverse("admin:marketplace_agent_changelist"), {"action": "suspend", "_selected_action": [agent.pk]}

@@ -10,8 +10,9 @@ from django.db.models import Count
 from django.utils import timezone
 
 from dispatch.models import Offer
-from dispatch.services import conversations, escalations, matching, offers, presence
+from dispatch.services import conversations, escalations, matching, presence
 from dispatch.services import errors as dispatch_errors
+from dispatch.services import offers as dispatch_offers
 from marketplace import services
 from marketplace.models import Agent, Conversation
 
@@ -22,7 +23,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 def offered(escalate, agent, recorded_jobs) -> tuple[Conversation, Offer]:
     conversation = escalate()
-    offer = offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
+    offer = dispatch_offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
     recorded_jobs.clear()
     return conversation, offer
 
@@ -37,8 +38,8 @@ def test_accept_racing_the_expiry_has_one_outcome(escalate, make_agent, recorded
         time.sleep(max((deadline - timezone.now()).total_seconds(), 0))
 
         accept, expire = together(
-            lambda o=offer, a=agent: offers.offer_accept(offer_id=o.pk, agent=a),
-            lambda o=offer: offers.offer_expire(offer_id=o.pk),
+            lambda o=offer, a=agent: dispatch_offers.offer_accept(offer_id=o.pk, agent=a),
+            lambda o=offer: dispatch_offers.offer_expire(offer_id=o.pk),
         )
 
         offer.refresh_from_db()
@@ -61,8 +62,8 @@ def test_decline_racing_the_expiry_counts_once(escalate, make_agent, recorded_jo
         Offer.objects.filter(pk=offer.pk).update(expires_at=timezone.now())
 
         together(
-            lambda o=offer, a=agent: offers.offer_decline(offer_id=o.pk, agent=a, reason="no"),
-            lambda o=offer: offers.offer_expire(offer_id=o.pk),
+            lambda o=offer, a=agent: dispatch_offers.offer_decline(offer_id=o.pk, agent=a, reason="no"),
+            lambda o=offer: dispatch_offers.offer_expire(offer_id=o.pk),
         )
 
         agent.refresh_from_db()
@@ -79,7 +80,7 @@ def test_accept_racing_a_reassignment_into_the_agents_last_slot(escalate, make_a
         other = escalate()
 
         accept, reassign = together(
-            lambda o=offer, a=agent: offers.offer_accept(offer_id=o.pk, agent=a),
+            lambda o=offer, a=agent: dispatch_offers.offer_accept(offer_id=o.pk, agent=a),
             lambda c=other, a=agent: conversations.conversation_reassign(
                 conversation_id=c.pk, agent_id=a.pk, actor="admin"
             ),
@@ -114,7 +115,7 @@ def test_resolve_racing_a_cancel_closes_once_and_frees_the_slot_once(escalate, m
     for _ in range(8):
         agent = make_agent()
         conversation, offer = offered(escalate, agent, recorded_jobs)
-        offers.offer_accept(offer_id=offer.pk, agent=agent)
+        dispatch_offers.offer_accept(offer_id=offer.pk, agent=agent)
 
         resolve, cancel = together(
             lambda c=conversation, a=agent: conversations.conversation_resolve(
@@ -136,7 +137,7 @@ def test_a_reconnect_racing_the_end_of_grace_leaves_a_consistent_agent(escalate,
     for n in range(8):
         agent = make_agent()
         conversation, offer = offered(escalate, agent, recorded_jobs)
-        offers.offer_accept(offer_id=offer.pk, agent=agent)
+        dispatch_offers.offer_accept(offer_id=offer.pk, agent=agent)
         presence.connection_open(agent_id=agent.pk, channel_name=f"old-{n}", server_id="s")
         presence.connection_close(channel_name=f"old-{n}")
 
@@ -165,7 +166,9 @@ def test_many_agents_and_conversations_at_once_never_assign_twice(integration, m
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and Conversation.objects.filter(status__in=["queued", "offered"]).count() > 18:
         pending = list(Offer.objects.filter(state="pending").select_related("agent"))
-        together(*[lambda o=o: offers.offer_accept(offer_id=o.pk, agent=o.agent) for o in pending] or [lambda: None])
+        together(
+            *[lambda o=o: dispatch_offers.offer_accept(offer_id=o.pk, agent=o.agent) for o in pending] or [lambda: None]
+        )
         time.sleep(0.05)
 
     assigned = Conversation.objects.filter(status="assigned")

@@ -9,8 +9,9 @@ from django.utils import timezone
 
 from dispatch import payloads, selectors
 from dispatch.models import AgentConnection, DispatchWeights, Offer, ServerHeartbeat
-from dispatch.services import conversations, escalations, matching, offers, presence
+from dispatch.services import conversations as dispatch_conversations
 from dispatch.services import errors as dispatch_errors
+from dispatch.services import escalations, matching, offers, presence
 from marketplace.models import Agent, CallbackEvent, Conversation
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -190,7 +191,7 @@ def test_resolving_frees_the_slot_and_offers_the_next_at_once(escalate, make_age
     refresh(waiting)
     assert waiting.status == "queued"  # no room
 
-    conversations.conversation_resolve(conversation_id=first.pk, agent=agent, outcome="resolved")
+    dispatch_conversations.conversation_resolve(conversation_id=first.pk, agent=agent, outcome="resolved")
     recorded_jobs.run("dispatch_agent")
 
     assert offer_of(waiting).agent_id == agent.pk
@@ -324,7 +325,9 @@ def test_admin_reassign_moves_the_conversation(escalate, make_agent, recorded_jo
     offers.offer_accept(offer_id=offer_of(conversation).pk, agent=first)
     second = make_agent()
 
-    conversations.conversation_reassign(conversation_id=conversation.pk, agent_id=second.pk, actor="admin:root")
+    dispatch_conversations.conversation_reassign(
+        conversation_id=conversation.pk, agent_id=second.pk, actor="admin:root"
+    )
 
     refresh(conversation, first, second)
     assert conversation.assigned_agent == second
@@ -446,8 +449,8 @@ def test_the_release_of_a_vanished_agent_is_all_or_nothing_and_the_sweeper_retri
             raise RuntimeError("the database refused a write")
         return notify(conversation, **kwargs)
 
-    notify = conversations.conversation_notify_queued
-    monkeypatch.setattr(conversations, "conversation_notify_queued", fail_on_the_second)
+    notify = dispatch_conversations.conversation_notify_queued
+    monkeypatch.setattr(dispatch_conversations, "conversation_notify_queued", fail_on_the_second)
     with pytest.raises(RuntimeError):
         presence.presence_release_if_gone(agent_id=agent.pk)
 
@@ -457,7 +460,7 @@ def test_the_release_of_a_vanished_agent_is_all_or_nothing_and_the_sweeper_retri
     assert all(c.assignments.filter(ended_at=None).exists() for c in (first, second))
     assert offer_of(offered).agent_id == agent.pk
 
-    monkeypatch.setattr(conversations, "conversation_notify_queued", notify)
+    monkeypatch.setattr(dispatch_conversations, "conversation_notify_queued", notify)
     presence.presence_sweep()  # the next sweep does it all
 
     refresh(agent, first, second, offered)
@@ -473,14 +476,14 @@ def test_one_release_that_fails_does_not_stop_the_sweep_for_the_others(
     settings.PRESENCE_GRACE_SECONDS = 30
     broken, (stuck,) = vanished_with_work(escalate, make_agent, recorded_jobs, assigned=1, offered=False)
     other, (moved,) = vanished_with_work(escalate, make_agent, recorded_jobs, assigned=1, offered=False)
-    notify = conversations.conversation_notify_queued
+    notify = dispatch_conversations.conversation_notify_queued
 
     def fail_for_one(conversation, **kwargs):
         if conversation.pk == stuck.pk:
             raise RuntimeError("the database refused a write")
         return notify(conversation, **kwargs)
 
-    monkeypatch.setattr(conversations, "conversation_notify_queued", fail_for_one)
+    monkeypatch.setattr(dispatch_conversations, "conversation_notify_queued", fail_for_one)
     presence.presence_sweep()
 
     refresh(broken, other, stuck, moved)

@@ -44,8 +44,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from rest_framework.exceptions import APIException
 
 from dispatch.models import AgentConnection, Assignment, Offer
-from dispatch.services import conversations, escalations, matching, offers, presence
+from dispatch.services import conversations, escalations, matching, presence
 from dispatch.services import errors as dispatch_errors
+from dispatch.services import offers as dispatch_offers
 from marketplace import selectors, services
 from marketplace.models import Agent, CallbackEvent, Conversation
 
@@ -252,7 +253,7 @@ class Marketplace(RuleBasedStateMachine):
         if not offers:
             return
         offer = offers[pick % len(offers)]
-        self.agent_does(offers.offer_accept, offer_id=offer.pk, agent=offer.agent)
+        self.agent_does(dispatch_offers.offer_accept, offer_id=offer.pk, agent=offer.agent)
 
     @rule(pick=PICK, offer_pick=PICK)
     @settles
@@ -262,7 +263,7 @@ class Marketplace(RuleBasedStateMachine):
         if not offers:
             return
         agent = Agent.objects.get(pk=self.agent(pick))
-        self.agent_does(offers.offer_accept, offer_id=offers[offer_pick % len(offers)], agent=agent)
+        self.agent_does(dispatch_offers.offer_accept, offer_id=offers[offer_pick % len(offers)], agent=agent)
 
     @rule(pick=PICK)
     @settles
@@ -271,7 +272,7 @@ class Marketplace(RuleBasedStateMachine):
         if not offers:
             return
         offer = offers[pick % len(offers)]
-        self.agent_does(offers.offer_decline, offer_id=offer.pk, agent=offer.agent, reason="busy")
+        self.agent_does(dispatch_offers.offer_decline, offer_id=offer.pk, agent=offer.agent, reason="busy")
 
     @precondition(lambda self: self.conversations)
     @rule(pick=PICK, conversation_pick=PICK, outcome=st.sampled_from(["resolved", "unresolved"]), own=st.booleans())
@@ -367,7 +368,7 @@ class Marketplace(RuleBasedStateMachine):
             and not AgentConnection.objects.filter(agent_id=agent_id).exists()
         ]
         presence.presence_sweep()
-        offers.offers_sweep()
+        dispatch_offers.offers_sweep()
         matching.dispatch_sweep()
         escalations.queue_updates_push()
         for agent in Agent.objects.filter(pk__in=gone):  # released whole: offline, with nothing left on it

@@ -50,14 +50,15 @@ def test_beyond_free_capacity_it_waits_for_handle_time_over_slots(integration, m
 
 def handled(integration, agent, clock, external_id: str, *, answer: float, handle: float, outcome="resolved"):
     """A conversation offered to the agent, accepted after `answer` s and closed after `handle` s more."""
-    from dispatch.services import conversations, offers
+    from dispatch.services import conversations as dispatch_conversations
+    from dispatch.services import offers
 
     conversation = escalate(integration, external_id)
     offer = offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
     clock.advance(answer)
     offers.offer_accept(offer_id=offer.pk, agent=agent)
     clock.advance(handle)
-    conversations.conversation_resolve(conversation_id=conversation.pk, agent=agent, outcome=outcome)
+    dispatch_conversations.conversation_resolve(conversation_id=conversation.pk, agent=agent, outcome=outcome)
     cache.clear()  # the means are cached for 10 s
     return conversation
 
@@ -73,7 +74,8 @@ def test_handle_and_answer_times_come_from_each_offer_and_assignment(integration
 
 
 def test_a_spell_cut_short_by_a_requeue_is_not_a_handle_time(integration, make_agent, clock, settings):
-    from dispatch.services import conversations, offers
+    from dispatch.services import conversations as dispatch_conversations
+    from dispatch.services import offers
 
     settings.DEFAULT_HANDLE_SECONDS = 999
     agent = make_agent()
@@ -82,14 +84,15 @@ def test_a_spell_cut_short_by_a_requeue_is_not_a_handle_time(integration, make_a
     offer = offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
     offers.offer_accept(offer_id=offer.pk, agent=agent)
     clock.advance(3000)
-    conversations.conversation_requeue(conversation_id=conversation.pk, actor="admin:root", reason="requeued")
+    dispatch_conversations.conversation_requeue(conversation_id=conversation.pk, actor="admin:root", reason="requeued")
     cache.clear()
     assert selectors.handle_seconds() == pytest.approx(100, abs=1)
 
 
 def test_an_offer_again_after_the_assignment_leaves_the_answer_time_alone(integration, make_agent, clock, settings):
     """The conversation's own offered_at/assigned_at are overwritten by later events; the offers are not."""
-    from dispatch.services import conversations, escalations, offers
+    from dispatch.services import conversations as dispatch_conversations
+    from dispatch.services import escalations, offers
 
     first, second = make_agent(), make_agent()
     conversation = escalate(integration, "a")
@@ -97,7 +100,9 @@ def test_an_offer_again_after_the_assignment_leaves_the_answer_time_alone(integr
     clock.advance(4)
     offers.offer_accept(offer_id=offer.pk, agent=first)
     clock.advance(600)
-    conversations.conversation_requeue(conversation_id=conversation.pk, actor="system", reason="agent_disconnected")
+    dispatch_conversations.conversation_requeue(
+        conversation_id=conversation.pk, actor="system", reason="agent_disconnected"
+    )
     offers.offer_create(conversation_id=conversation.pk, agent_id=second.pk)  # offered after it was assigned
     escalations.conversation_cancel(conversation_id=conversation.pk, actor="bot")
     cache.clear()
