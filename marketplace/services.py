@@ -289,9 +289,9 @@ def conversation_rate(*, conversation_id: str, score: int, comment: str, actor: 
             rating_count=F("rating_count") + 1, rating_sum=F("rating_sum") + score
         )
     conversation_log(conversation=conversation, kind="rated", actor=actor, data={"score": score})
-    from payouts import services as payout_services  # payouts builds on this module
+    from payouts.services import earnings  # payouts builds on this module
 
-    payout_services.earning_accrue_bonus(conversation=conversation, score=score)
+    earnings.earning_accrue_bonus(conversation=conversation, score=score)
     return conversation
 
 
