@@ -506,7 +506,7 @@ def conversation_resolve(*, conversation_id: str, agent: Agent, outcome: str, no
     Agent.objects.filter(pk=agent.pk).update(**{counter: F(counter) + 1})
     assignment = assignment_end(conversation_id=conversation.id, reason=outcome)
     if assignment is not None and outcome == Conversation.Outcome.RESOLVED:
-        earnings.earning_accrue_resolution(assignment=assignment)  # no pay for `unresolved`
+        earnings.earning_accrue_resolution(**selectors.assignment_pay(assignment))  # no pay for `unresolved`
     agent_release_slot(agent.pk)
     callbacks.callback_enqueue(conversation=conversation, type="conversation.resolved", data={"outcome": outcome})
     events.send_on_commit(

@@ -39,13 +39,6 @@ def sweep_payouts() -> int:
     return payouts_sweep()
 
 
-@shared_task(name="payouts.tasks.close_floor_weeks")
-def close_floor_weeks() -> int:
-    from .services.floor import floor_close_due_weeks
-
-    return floor_close_due_weeks()
-
-
 @shared_task(name="payouts.tasks.refresh_account")
 def refresh_account(agent_id: str) -> str | None:
     from marketplace.models import Agent

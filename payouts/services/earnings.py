@@ -15,7 +15,6 @@ from django.utils import timezone
 
 from core import jobs
 from core.locks import advisory_xact_lock
-from dispatch.models import Assignment, Offer
 from marketplace.models import Conversation
 
 from .. import tasks
@@ -47,35 +46,40 @@ def accrue(earning: Earning, memo: str) -> None:
     jobs.enqueue_on_commit(tasks.release_earning, earning.id, countdown=countdown)
 
 
-def earning_accrue_resolution(*, assignment: Assignment) -> Earning | None:
-    """A resolved assignment earns its locked quote (once), payable after the hold."""
-    if assignment.pay_amount <= 0:
+def earning_accrue_resolution(
+    *,
+    assignment_id: int,
+    agent_id: str,
+    conversation_id: str,
+    amount: int,
+    currency: str,
+    detail: dict[str, Any],
+) -> Earning | None:
+    """A resolved assignment earns its locked quote (once), payable after the hold.
+
+    The caller (dispatch) reads the assignment: its id, agent, conversation, the
+    quoted amount and currency, and where the quote was made (`detail`).
+    """
+    if amount <= 0:
         return None
     now = timezone.now()
     try:
         with transaction.atomic():
             earning = Earning.objects.create(
-                agent_id=assignment.agent_id,
+                agent_id=agent_id,
                 kind=Earning.Kind.RESOLUTION,
-                conversation_id=assignment.conversation_id,
-                assignment=assignment,
-                amount=assignment.pay_amount,
-                currency=assignment.pay_currency,
+                conversation_id=conversation_id,
+                assignment_id=assignment_id,
+                amount=amount,
+                currency=currency,
                 payable_at=_hold_until(now),
                 kicked_at=_hold_until(now),
-                detail=_quote_detail(assignment),
+                detail=detail,
             )
     except IntegrityError:  # already earned
         return None
-    accrue(earning, memo=f"resolution of {assignment.conversation_id}")
+    accrue(earning, memo=f"resolution of {conversation_id}")
     return earning
-
-
-def _quote_detail(assignment: Assignment) -> dict[str, Any]:
-    offer: Offer | None = assignment.offer
-    if offer is None:
-        return {"quoted_at": "assignment"}
-    return {"quoted_at": "offer", "offer_id": offer.id, "base": offer.pay_base, "surge": str(offer.pay_surge)}
 
 
 def earning_accrue_bonus(*, conversation: Conversation, score: int) -> Earning | None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, time, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q, Sum
+from django.db.models import Sum
 from django.utils import timezone
-
-from dispatch.models import Assignment, Offer
 
 from ..models import (
     Earning,
@@ -23,51 +22,20 @@ def week_bounds(week_start: date) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=7)
 
 
-def engaged_seconds(*, agent_id: str, start: datetime, end: datetime) -> float:
-    """Time holding an offer or at least one conversation, overlaps counted once."""
-    now = timezone.now()
-    spans: list[tuple[datetime, datetime]] = []
-    for created, responded, expires in Offer.objects.filter(
-        agent_id=agent_id, created_at__lt=end, expires_at__gt=start - timedelta(hours=1)
-    ).values_list("created_at", "responded_at", "expires_at"):
-        # An offer cannot be taken after it expires, however late the expiry was recorded.
-        spans.append((created, min(responded or expires, expires, now)))
-    for began, ended in (
-        Assignment.objects.filter(agent_id=agent_id, started_at__lt=end)
-        .filter(Q(ended_at__isnull=True) | Q(ended_at__gt=start))
-        .values_list("started_at", "ended_at")
-    ):
-        spans.append((began, ended or now))
-    total = 0.0
-    cursor = start
-    for began, ended in sorted((max(b, start), min(e, end)) for b, e in spans):
-        if ended <= cursor:
-            continue
-        total += (ended - max(began, cursor)).total_seconds()
-        cursor = ended
-    return total
+def floor_close_week(*, week_start: date, engaged_seconds: Mapping[str, float]) -> list[Earning]:
+    """Top up each agent's week to the floor: engaged hours x the hourly minimum, less what was earned.
 
-
-def floor_close_week(*, week_start: date) -> list[Earning]:
-    """Top up each agent's week to the floor: engaged hours x the hourly minimum, less what was earned."""
+    `engaged_seconds` maps each agent engaged that week to its engaged time (dispatch measures it).
+    """
     policy = PayPolicy.current()
     if policy.floor_hourly_amount <= 0:
         return []
     start, end = week_bounds(week_start)
-    agent_ids = set(
-        Assignment.objects.filter(started_at__lt=end)
-        .filter(Q(ended_at__isnull=True) | Q(ended_at__gt=start))
-        .values_list("agent_id", flat=True)
-    ) | set(
-        Offer.objects.filter(created_at__gte=start - timedelta(hours=1), created_at__lt=end).values_list(
-            "agent_id", flat=True
-        )
-    )
     topups = []
-    for agent_id in sorted(agent_ids):
+    for agent_id in sorted(engaged_seconds):
         if Earning.objects.filter(agent_id=agent_id, kind=Earning.Kind.FLOOR_TOPUP, week_start=week_start).exists():
             continue
-        seconds = engaged_seconds(agent_id=agent_id, start=start, end=end)
+        seconds = engaged_seconds[agent_id]
         minimum = round(policy.floor_hourly_amount * seconds / 3600)
         earned = (
             Earning.objects.filter(
@@ -104,10 +72,3 @@ def floor_close_week(*, week_start: date) -> list[Earning]:
             accrue(topup, memo=f"earnings floor, week of {week_start.isoformat()}")
         topups.append(topup)
     return topups
-
-
-def floor_close_due_weeks() -> int:
-    """Close the last two finished weeks (the second covers a job that did not run)."""
-    now = timezone.now() - timedelta(seconds=settings.FLOOR_CLOSE_AFTER_SECONDS)
-    this_monday = (now - timedelta(days=now.weekday())).date()
-    return sum(len(floor_close_week(week_start=this_monday - timedelta(days=7 * n))) for n in (2, 1))
