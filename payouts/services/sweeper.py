@@ -8,6 +8,8 @@ from django.conf import settings
 from django.db.models import F, Q
 from django.utils import timezone
 
+from core import outbox
+
 from .. import tasks
 from ..models import (
     Earning,
@@ -15,7 +17,6 @@ from ..models import (
     StripeEvent,
     Transfer,
 )
-from .transfers import kick
 
 
 def payouts_sweep(*, limit: int = 500) -> int:
@@ -34,16 +35,16 @@ def payouts_sweep(*, limit: int = 500) -> int:
     due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
     waiting = Q(hold_reason__in=["", Transfer.Hold.RETRYING])
     held_long = Q(kicked_at__lt=now - timedelta(seconds=settings.PAYOUT_HELD_RETRY_SECONDS))
-    started = kick(
+    started = outbox.kick(
         Earning.objects.filter(lost, state=Earning.State.HELD, payable_at__lte=now), tasks.release_earning, limit=limit
     )
     transfers = Transfer.objects.filter(free, due, state__in=[Transfer.State.PENDING, Transfer.State.SUBMITTED]).filter(
         (waiting & (lost | died)) | (~waiting & (held_long | died))
     )
-    started += kick(transfers, tasks.submit_transfer, limit=limit)
+    started += outbox.kick(transfers, tasks.submit_transfer, limit=limit)
     reversals = Reversal.objects.filter(free, due, state__in=[Reversal.State.PENDING, Reversal.State.SUBMITTED])
-    started += kick(reversals.filter(lost | died), tasks.submit_reversal, limit=limit)
-    started += kick(
+    started += outbox.kick(reversals.filter(lost | died), tasks.submit_reversal, limit=limit)
+    started += outbox.kick(
         StripeEvent.objects.filter(lost, processed_at__isnull=True), tasks.process_stripe_event, limit=limit
     )
     return started

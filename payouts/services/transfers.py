@@ -13,7 +13,6 @@ there, it is sent again with the same Idempotency-Key.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -21,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 import stripe
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
-from core import jobs
+from core import jobs, outbox
 from core.errors import Conflict
 
 from .. import stripe_api, tasks
@@ -45,17 +44,16 @@ logger = logging.getLogger(__name__)
 
 def _claim(model: type[Transfer] | type[Reversal], pk: str) -> bool:
     """Take the lease on a row not being worked on: only one worker runs a transfer at a time."""
-    now = timezone.now()
-    return bool(
-        model.objects.filter(pk=pk, state__in=["pending", "submitted"])
-        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-        .update(lease_until=now + timedelta(seconds=settings.TRANSFER_LEASE_SECONDS), attempts=F("attempts") + 1)
+    return outbox.claim(
+        model.objects.filter(pk=pk, state__in=["pending", "submitted"]),
+        lease_seconds=settings.TRANSFER_LEASE_SECONDS,
     )
 
 
 def _backoff(attempts: int) -> float:
-    base = settings.TRANSFER_RETRY_BASE_SECONDS * (2 ** max(attempts - 1, 0))
-    return min(base, settings.TRANSFER_RETRY_MAX_SECONDS) * random.uniform(0.8, 1.2)  # noqa: S311 - jitter
+    return outbox.backoff_seconds(
+        attempts, base=settings.TRANSFER_RETRY_BASE_SECONDS, cap=settings.TRANSFER_RETRY_MAX_SECONDS
+    )
 
 
 def _transition(row: Transfer | Reversal, from_state: str, **fields: Any) -> bool:
@@ -271,7 +269,7 @@ def transfers_kick(*, hold_reasons: Iterable[str], agent_id: str | None = None) 
     held = Transfer.objects.filter(state=Transfer.State.PENDING, hold_reason__in=list(hold_reasons))
     if agent_id:
         held = held.filter(agent_id=agent_id)
-    return kick(held, tasks.submit_transfer, limit=1000)
+    return outbox.kick(held, tasks.submit_transfer, limit=1000)
 
 
 # --- reversals (clawbacks) ---------------------------------------------------------------
@@ -381,13 +379,3 @@ def reversal_settle(*, reversal_id: str, stripe_reversal_id: str) -> Reversal:
         memo=f"Stripe reversal {stripe_reversal_id}",
     )
     return reversal
-
-
-def kick(queryset: Any, task: Any, *, limit: int) -> int:
-    """Start a job for each row, and remember when (so that the sweeper does not pile up jobs)."""
-    ids = list(queryset.values_list("pk", flat=True)[:limit])
-    if ids:
-        queryset.model.objects.filter(pk__in=ids).update(kicked_at=timezone.now())
-        for pk in ids:
-            jobs.enqueue(task, pk)
-    return len(ids)
