@@ -74,7 +74,7 @@ def main() -> None:
     from marketplace.models import Agent
     from payouts.models import ConnectedAccount, Earning, Transfer
     from payouts.selectors import ledger_totals
-    from payouts.services import payouts_sweep
+    from payouts.services.sweeper import payouts_sweep
     from tests.processes import celery_worker, daphne, service_env
     from tests.stripe_standin import serve
 

@@ -59,3 +59,11 @@ def push_queue_updates() -> int:
     from .services.escalations import queue_updates_push
 
     return queue_updates_push()
+
+
+# Named in payouts, where it began: the beat schedule (config/settings.py) runs it by this name.
+@shared_task(name="payouts.tasks.close_floor_weeks")
+def close_floor_weeks() -> int:
+    from .floor import floor_close_due_weeks
+
+    return floor_close_due_weeks()

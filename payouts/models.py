@@ -14,6 +14,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from marketplace.models import prefixed_id
+from marketplace.services import primary_language
 
 
 def new_earning_id() -> str:
@@ -62,8 +63,6 @@ class PayRule(models.Model):
     def clean(self) -> None:
         # Conversations carry lowercase topics and primary language codes ("sv-SE" -> "sv");
         # a rule written otherwise would silently never match.
-        from marketplace.services import primary_language
-
         self.topic = self.topic.strip().lower()
         self.language = primary_language(self.language) if self.language else ""
 

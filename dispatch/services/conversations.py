@@ -23,9 +23,9 @@ from marketplace.services import (
     conversation_transition,
     queue_key_for,
 )
-from payouts import services as payout_services
+from payouts.services import earnings
 
-from .. import events, payloads, tasks
+from .. import events, payloads, selectors, tasks
 from ..models import Assignment
 from . import offers
 from .errors import (
@@ -54,7 +54,7 @@ def conversation_resolve(*, conversation_id: str, agent: Agent, outcome: str, no
     Agent.objects.filter(pk=agent.pk).update(**{counter: F(counter) + 1})
     assignment = assignment_end(conversation_id=conversation.id, reason=outcome)
     if assignment is not None and outcome == Conversation.Outcome.RESOLVED:
-        payout_services.earning_accrue_resolution(assignment=assignment)  # no pay for `unresolved`
+        earnings.earning_accrue_resolution(**selectors.assignment_pay(assignment))  # no pay for `unresolved`
     agent_release_slot(agent.pk)
     callbacks.callback_enqueue(conversation=conversation, type="conversation.resolved", data={"outcome": outcome})
     events.send_on_commit(
@@ -198,7 +198,7 @@ def conversation_reopen(*, conversation_id: str, actor: str, reason: str) -> Con
         conversation_notify_queued(conversation, reason="reopened")
         jobs.enqueue_on_commit(tasks.dispatch_conversation, conversation.id)
         if last is not None:
-            payout_services.earnings_dispute_for_assignment(
+            earnings.earnings_dispute_for_assignment(
                 assignment_id=last.pk, reason=f"reopened: {reason}" if reason else "reopened", actor=actor
             )
     return conversation

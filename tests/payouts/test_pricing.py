@@ -19,8 +19,8 @@ from dispatch.services import conversations, escalations, offers
 from marketplace import services as marketplace
 from marketplace.models import Agent, Conversation
 from payouts import pricing
-from payouts import services as payouts
 from payouts.models import Earning, PayPolicy, PayRule
+from payouts.services import earnings, ledger
 
 from .conftest import balance
 
@@ -293,7 +293,7 @@ def test_the_offers_quote_is_what_the_resolution_earns(recorded_jobs, make_agent
     assert earning.detail == {"quoted_at": "offer", "offer_id": offer.pk, "base": 500, "surge": "1.00"}
     # and it is owed to the agent in the ledger, released by a job
     assert balance(f"agent:{agent.pk}:payable") == -500
-    assert balance(payouts.PAY_EXPENSE) == 500
+    assert balance(ledger.PAY_EXPENSE) == 500
     assert "release_earning" in recorded_jobs.names()
 
 
@@ -375,7 +375,7 @@ def test_a_conversation_is_rated_once_and_earns_one_bonus(recorded_jobs, make_ag
         escalations.conversation_rate(conversation_id=conv.pk, score=5, comment="", actor="bot")
 
     # then: still one bonus; and asking the payouts service again changes nothing either
-    assert payouts.earning_accrue_bonus(conversation=conv, score=5) is None
+    assert earnings.earning_accrue_bonus(conversation=conv, score=5) is None
     assert Earning.objects.filter(conversation=conv, kind=Earning.Kind.QUALITY_BONUS).count() == 1
 
 
@@ -386,7 +386,7 @@ def test_a_disputed_resolution_earns_no_bonus(recorded_jobs, make_agent, resolve
     agent = make_agent()
     conv = resolve(agent, language="en")
     resolution = Earning.objects.get(conversation=conv)
-    payouts.earning_dispute(earning_id=resolution.pk, reason="test", actor="admin")
+    earnings.earning_dispute(earning_id=resolution.pk, reason="test", actor="admin")
 
     # when
     escalations.conversation_rate(conversation_id=conv.pk, score=5, comment="", actor="bot")
