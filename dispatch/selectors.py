@@ -216,3 +216,8 @@ def engaged_agent_ids(*, start: datetime, end: datetime) -> set[str]:
             "agent_id", flat=True
         )
     )
+
+
+def quality_bonuses(conversation_id: str) -> dict[int, int]:
+    """The quality bonus locked on each of the conversation's assignments, by assignment id."""
+    return dict(Assignment.objects.filter(conversation_id=conversation_id).values_list("pk", "quality_bonus"))

@@ -22,7 +22,7 @@ from marketplace import services as marketplace_services
 from marketplace.models import Agent, BotIntegration, Conversation, Message
 from payouts.services import earnings
 
-from .. import events, payloads, tasks
+from .. import events, payloads, selectors, tasks
 from . import conversations, offers
 
 
@@ -152,7 +152,9 @@ def conversation_rate(*, conversation_id: str, score: int, comment: str, actor: 
             rating_count=F("rating_count") + 1, rating_sum=F("rating_sum") + score
         )
     marketplace_services.conversation_log(conversation=conversation, kind="rated", actor=actor, data={"score": score})
-    earnings.earning_accrue_bonus(conversation=conversation, score=score)
+    earnings.earning_accrue_bonus(
+        conversation=conversation, score=score, quality_bonuses=selectors.quality_bonuses(conversation.pk)
+    )
     return conversation
 
 

@@ -5,6 +5,7 @@ Lock order: the agent's payouts lock (advisory), then Earning, then Transfer, th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -82,19 +83,25 @@ def earning_accrue_resolution(
     return earning
 
 
-def earning_accrue_bonus(*, conversation: Conversation, score: int) -> Earning | None:
-    """A rating of 4 or 5 on a paid resolution earns the bonus quoted with it."""
+def earning_accrue_bonus(
+    *, conversation: Conversation, score: int, quality_bonuses: Mapping[int, int]
+) -> Earning | None:
+    """A rating of 4 or 5 on a paid resolution earns the bonus quoted with it.
+
+    `quality_bonuses`: the bonus locked on each of the conversation's assignments, by assignment id
+    (dispatch's, read by dispatch: payouts reads none of its tables).
+    """
     policy = PayPolicy.current()
     if score < policy.quality_bonus_min_score:
         return None
     resolution = (
         Earning.objects.filter(conversation=conversation, kind=Earning.Kind.RESOLUTION)
         .exclude(state=Earning.State.DISPUTED)
-        .select_related("assignment")
         .order_by("-created_at")
         .first()
     )
-    if resolution is None or resolution.assignment is None or resolution.assignment.quality_bonus <= 0:
+    amount = quality_bonuses.get(resolution.assignment_id, 0) if resolution and resolution.assignment_id else 0
+    if resolution is None or amount <= 0:
         return None
     try:
         with transaction.atomic():
@@ -102,8 +109,8 @@ def earning_accrue_bonus(*, conversation: Conversation, score: int) -> Earning |
                 agent_id=resolution.agent_id,
                 kind=Earning.Kind.QUALITY_BONUS,
                 conversation=conversation,
-                assignment=resolution.assignment,
-                amount=resolution.assignment.quality_bonus,
+                assignment_id=resolution.assignment_id,
+                amount=amount,
                 currency=resolution.currency,
                 payable_at=max(resolution.payable_at, timezone.now()),
                 kicked_at=max(resolution.payable_at, timezone.now()),

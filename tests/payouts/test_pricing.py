@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from dispatch import payloads
+from dispatch import selectors as dispatch_selectors
 from dispatch.models import Assignment
 from dispatch.services import conversations, escalations, offers
 from marketplace import services as marketplace
@@ -375,7 +376,12 @@ def test_a_conversation_is_rated_once_and_earns_one_bonus(recorded_jobs, make_ag
         escalations.conversation_rate(conversation_id=conv.pk, score=5, comment="", actor="bot")
 
     # then: still one bonus; and asking the payouts service again changes nothing either
-    assert earnings.earning_accrue_bonus(conversation=conv, score=5) is None
+    assert (
+        earnings.earning_accrue_bonus(
+            conversation=conv, score=5, quality_bonuses=dispatch_selectors.quality_bonuses(conv.pk)
+        )
+        is None
+    )
     assert Earning.objects.filter(conversation=conv, kind=Earning.Kind.QUALITY_BONUS).count() == 1
 
 
