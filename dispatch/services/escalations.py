@@ -1,6 +1,7 @@
 """The verbs that start and end a conversation from the bot's side: escalate, a customer's message,
-cancel, rate. They live here, at the top, because each one reaches dispatch (jobs, offers, agents'
-sockets) or payouts (a rating's bonus); marketplace keeps the rows and the event log they write.
+cancel, rate, and the queue updates the bot is sent while it waits. They live here, at the top,
+because each one reaches dispatch (jobs, offers, agents' sockets) or payouts (a rating's bonus);
+marketplace keeps the rows and the event log they write.
 
 Lock order, everywhere (core.locks): Conversation, then Offer, then Agent. Side effects (callbacks
 to the bot, messages to agents, background jobs) are sent only after the transaction commits.
