@@ -61,8 +61,9 @@ def push_queue_updates() -> int:
     return queue_updates_push()
 
 
-# Named in payouts, where it began: the beat schedule (config/settings.py) runs it by this name.
-@shared_task(name="payouts.tasks.close_floor_weeks")
+# Dispatch runs the floor (it measures engaged time; payouts tops up). Celery beat's database rows
+# follow the schedule in config/settings.py when beat starts; the embedded runner imports it by this name.
+@shared_task(name="dispatch.tasks.close_floor_weeks")
 def close_floor_weeks() -> int:
     from .floor import floor_close_due_weeks
 
