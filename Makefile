@@ -53,6 +53,7 @@ lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 pytest: install-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -69,12 +69,12 @@ def main() -> None:
     from django.conf import settings
     from django.db.models import Count
 
-    from dispatch import services as dispatch
+    from dispatch.services import conversations, escalations, offers
     from marketplace import services
     from marketplace.models import Agent
     from payouts.models import ConnectedAccount, Earning, Transfer
     from payouts.selectors import ledger_totals
-    from payouts.services import payouts_sweep
+    from payouts.services.sweeper import payouts_sweep
     from tests.processes import celery_worker, daphne, service_env
     from tests.stripe_standin import serve
 
@@ -127,12 +127,12 @@ def main() -> None:
 
     def resolve(n: int) -> None:
         agent = agents[n % len(agents)]
-        conversation, _ = services.conversation_escalate(
+        conversation, _ = escalations.conversation_escalate(
             integration=integration, data=services.EscalationInput(external_id=f"pay-{n}", language="xx")
         )  # a language nobody speaks: the background dispatcher leaves it to us
-        offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
-        dispatch.offer_accept(offer_id=offer.pk, agent=agent)
-        dispatch.conversation_resolve(conversation_id=conversation.pk, agent=agent, outcome="resolved")
+        offer = offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
+        offers.offer_accept(offer_id=offer.pk, agent=agent)
+        conversations.conversation_resolve(conversation_id=conversation.pk, agent=agent, outcome="resolved")
 
     def wait_paid(count: int, base: str) -> bool:
         deadline = time.monotonic() + args.timeout

@@ -239,7 +239,7 @@ PERIODIC_JOBS = {
     # Releases earnings past their hold, and retries transfers, reversals and Stripe events left behind.
     "payouts-sweep": {"task": "payouts.tasks.sweep_payouts", "seconds": env_float("PAYOUT_SWEEP_SECONDS", 10)},
     # Tops up last week's earnings to the floor, once per agent and week.
-    "earnings-floor": {"task": "payouts.tasks.close_floor_weeks", "seconds": env_float("FLOOR_SWEEP_SECONDS", 3600)},
+    "earnings-floor": {"task": "dispatch.tasks.close_floor_weeks", "seconds": env_float("FLOOR_SWEEP_SECONDS", 3600)},
 }
 CELERY_BEAT_SCHEDULE = {name: {"task": job["task"], "schedule": job["seconds"]} for name, job in PERIODIC_JOBS.items()}
 

@@ -3,8 +3,9 @@ from django.urls import path, re_path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from core import errors
+from dispatch import agent_api as agent_me_api
+from dispatch import bot_api
 from marketplace import agent_api, demo, webapp
-from marketplace import api as bot_api
 from payouts import api as payouts_api
 
 from . import health
@@ -57,7 +58,7 @@ urlpatterns = [
         bot_api.EscalationRatingApi.as_view(),
         name="escalation-rating",
     ),
-    path("api/v1/agent/me", agent_api.AgentMeApi.as_view(), name="agent-me"),
+    path("api/v1/agent/me", agent_me_api.AgentMeApi.as_view(), name="agent-me"),
     path("app/", webapp.shell, name="app"),
     path("app/payouts", webapp.shell, name="app-payouts"),
     path("app/login", webapp.AppLoginView.as_view(), name="app-login"),

@@ -1,4 +1,12 @@
-"""Lock helpers the apps share."""
+"""Lock helpers the apps share, and the one lock order they all follow.
+
+Row locks, in this order and never the other way round: Conversation (several: in id order), then
+Offer, then Agent; then payouts' own: the agent's payouts lock (the advisory lock
+`payouts.agent.<agent id>`, not the agent's row, which dispatch locks to offer work), then Earning,
+then Transfer, then Reversal. A verb that starts from an agent reads the ids it needs without
+locks, then locks in this order (dispatch's `_with_agent_and_work_locked`). No lock is held across
+a network call (a socket send, Stripe, a bot's callback URL).
+"""
 
 from __future__ import annotations
 

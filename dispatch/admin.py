@@ -20,9 +20,11 @@ from core.display import format_money, format_when
 from core.errors import ApiError
 from marketplace.admin import AgentAdmin, ConversationAdmin, ReadOnlyAdmin
 from marketplace.models import Agent, Conversation
+from marketplace.services import ConversationClosed
 
-from . import charts, ops, services
+from . import charts, ops
 from .models import AgentConnection, DispatchWeights, Offer, ServerHeartbeat
+from .services import conversations, escalations, presence
 
 REFRESH_SECONDS = 5
 
@@ -105,11 +107,26 @@ class LiveConversationAdmin(ConversationAdmin):
     actions = ("cancel", "requeue_front", "reassign")
     list_filter = (SlaBreachFilter, *ConversationAdmin.list_filter)
 
+    @admin.action(description="Cancel selected conversations")
+    def cancel(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:
+        done = 0
+        for conversation in queryset:
+            try:
+                escalations.conversation_cancel(
+                    conversation_id=conversation.pk, actor=f"admin:{request.user}", reason="admin"
+                )
+                done += 1
+            except ConversationClosed:
+                self.message_user(request, f"{conversation.pk} is already closed.", messages.WARNING)
+        self.message_user(request, f"Cancelled {done} conversation(s).", messages.SUCCESS)
+
     @admin.action(description="Re-queue at the front (withdraws the offer or takes it from the agent)")
     def requeue_front(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:
         actor = f"admin:{request.user}"
         done = sum(
-            _run(request, c.pk, services.conversation_requeue, conversation_id=c.pk, actor=actor, reason="requeued")
+            _run(
+                request, c.pk, conversations.conversation_requeue, conversation_id=c.pk, actor=actor, reason="requeued"
+            )
             for c in queryset
         )
         self.message_user(request, f"Re-queued {done} conversation(s).", messages.SUCCESS)
@@ -124,7 +141,7 @@ class LiveConversationAdmin(ConversationAdmin):
                     _run(
                         request,
                         c.pk,
-                        services.conversation_reassign,
+                        conversations.conversation_reassign,
                         conversation_id=c.pk,
                         agent_id=agent.pk,
                         actor=f"admin:{request.user}",
@@ -217,13 +234,13 @@ class LiveAgentAdmin(AgentAdmin):
     )
     def suspend(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
         actor = f"admin:{request.user}"
-        done = sum(_run(request, a.pk, services.agent_suspend, agent_id=a.pk, actor=actor) for a in queryset)
+        done = sum(_run(request, a.pk, presence.agent_suspend, agent_id=a.pk, actor=actor) for a in queryset)
         self.message_user(request, f"Suspended {done} agent(s).", messages.WARNING)
 
     @admin.action(description="Force offline (their conversations go back to the front of the queue)")
     def force_offline(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
         for agent in queryset:
-            services.agent_force_offline(agent_id=agent.pk, actor=f"admin:{request.user}")
+            presence.agent_force_offline(agent_id=agent.pk, actor=f"admin:{request.user}")
         self.message_user(request, f"Took {queryset.count()} agent(s) offline.", messages.WARNING)
 
 

@@ -11,99 +11,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import secrets
-import socket
 import time
-import weakref
 from typing import Any
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
-from django.conf import settings
 from django.db import DatabaseError
-from rest_framework.exceptions import APIException
 
 from marketplace import access
 from marketplace.models import Agent, Conversation
 
-from . import events, selectors, services
+from . import events, heartbeat, payloads, protocol, selectors
+from .services import conversations, offers, presence
+from .services import errors as dispatch_errors
 
 logger = logging.getLogger(__name__)
-
-SERVER_ID = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-_open: weakref.WeakSet[AgentConsumer] = weakref.WeakSet()
-_beat: asyncio.Task[None] | None = None
-
-
-async def _heartbeat() -> None:
-    """Say this process is alive, close sockets that went silent, and now and then those whose
-    token or session no longer holds (expired; a revocation message that never arrived)."""
-    rechecked = time.monotonic()
-    while True:
-        try:
-            await database_sync_to_async(services.server_heartbeat)(server_id=SERVER_ID)
-        except Exception:
-            logger.exception("server heartbeat failed")
-        cutoff = time.monotonic() - settings.CONNECTION_IDLE_TIMEOUT_SECONDS
-        for consumer in list(_open):
-            if consumer.last_heard < cutoff:
-                await consumer.close(code=4408)
-        if time.monotonic() - rechecked >= settings.AGENT_ACCESS_RECHECK_SECONDS:
-            rechecked = time.monotonic()
-            await _recheck_credentials()
-        await asyncio.sleep(settings.SERVER_HEARTBEAT_SECONDS)
-
-
-async def _recheck_credentials() -> None:
-    consumers = [c for c in list(_open) if getattr(c, "credential", None) is not None]
-    if not consumers:
-        return
-    try:
-        valid = await database_sync_to_async(access.valid_credentials)([c.credential for c in consumers])
-    except Exception:
-        logger.exception("could not re-check the sockets' credentials")
-        return
-    for consumer in consumers:
-        if consumer.credential not in valid:
-            await consumer.revoked("expired")
-
-
-def _ensure_heartbeat() -> None:
-    global _beat
-    loop = asyncio.get_running_loop()
-    if _beat is None or _beat.done() or _beat.get_loop() is not loop:
-        _beat = loop.create_task(_heartbeat())
-
-
-class BadMessage(Exception):
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-
-
-def _field(content: dict[str, Any], name: str, *, max_length: int = 200, required: bool = True) -> str:
-    value = content.get(name)
-    if value is None and not required:
-        return ""
-    if not isinstance(value, str) or (required and not value.strip()):
-        raise BadMessage("invalid_request", f"{name}: a non-empty string is required.")
-    if len(value) > max_length:
-        raise BadMessage("invalid_request", f"{name}: at most {max_length} characters.")
-    if "\x00" in value or (not value.isascii() and not _is_utf8(value)):
-        # Valid in JSON, but not text PostgreSQL can store or compare: refused here, not a DataError later.
-        raise BadMessage("invalid_request", f"{name}: NUL characters and unpaired surrogates are not allowed.")
-    return value
-
-
-def _is_utf8(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class AgentConsumer(AsyncWebsocketConsumer):
@@ -124,17 +47,15 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if self.credential is None and "session" in self.scope:
             self.credential = await database_sync_to_async(access.session_credential)(self.scope["session"], user)
         self.last_heard = time.monotonic()
-        self.tokens = float(settings.WS_RATE_BURST)
-        self.refilled = self.last_heard
-        self.overflows = 0
+        self.rate = protocol.RateLimiter()
         await self.accept()
         # Join before taking the snapshot: nothing that happens in between is missed.
         await self.channel_layer.group_add(events.agent_group(self.agent_id), self.channel_name)
         try:
-            await database_sync_to_async(services.connection_open)(
-                agent_id=self.agent_id, channel_name=self.channel_name, server_id=SERVER_ID
+            await database_sync_to_async(presence.connection_open)(
+                agent_id=self.agent_id, channel_name=self.channel_name, server_id=heartbeat.SERVER_ID
             )
-        except services.TooManySockets as exc:
+        except dispatch_errors.TooManySockets as exc:
             await self.send_json({"type": "error", "code": "too_many_sockets", "detail": str(exc.detail)})
             await self.close(code=4409)
             return
@@ -149,16 +70,15 @@ class AgentConsumer(AsyncWebsocketConsumer):
             ):
                 await self.revoked("revoked")
                 return
-            hello = await database_sync_to_async(services.hello_payload)(self.agent_id)
+            hello = await database_sync_to_async(payloads.hello_payload)(self.agent_id)
         except DatabaseError:
             # The database connection was lost: close (disconnect() cleans up) and let the app
             # reconnect, rather than crash and leave the connection row behind.
             logger.warning("database unavailable while agent %s connected", self.agent_id, exc_info=True)
             await self.close(code=1013)  # try again later
             return
-        _open.add(self)
         events.bind_socket_loop(asyncio.get_running_loop())
-        _ensure_heartbeat()
+        heartbeat.watch(self)
         await self.send_json(hello)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -193,12 +113,12 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if not hasattr(self, "agent_id") or getattr(self, "forgotten", False):
             return
         self.forgotten = True
-        _open.discard(self)
+        heartbeat.forget(self)
         # A connection row left behind would keep the agent "connected" forever (this
         # process still beats): a lost database connection gets a few more tries.
         for delay in (0.2, 0.5, 1, 2, 4, 0):
             try:
-                await database_sync_to_async(services.connection_close)(channel_name=self.channel_name)
+                await database_sync_to_async(presence.connection_close)(channel_name=self.channel_name)
                 break
             except DatabaseError:
                 if not delay:
@@ -227,65 +147,31 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if getattr(self, "closing", False):
             return
         self.closing = True
-        _open.discard(self)
+        heartbeat.forget(self)
         detail = f"Your login ended ({reason.replace('_', ' ')}): log in again."
         try:
             await self.send_json({"type": "error", "code": "token_revoked", "reason": reason, "detail": detail})
         finally:
             await self.close(code=4401)
 
-    def _allow(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(settings.WS_RATE_BURST, self.tokens + (now - self.refilled) * settings.WS_RATE_PER_SECOND)
-        self.refilled = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
-
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """One frame: parsed and limited by the protocol, handled by the service its type names."""
         self.last_heard = time.monotonic()
         kind = None
         try:
-            if not self._allow():
-                self.overflows += 1
-                if self.overflows > settings.WS_RATE_BURST:
+            if not self.rate.allow():
+                if self.rate.flooding():
                     await self.close(code=4429)
                     return
-                raise BadMessage("rate_limited", f"At most {settings.WS_RATE_PER_SECOND:g} messages a second.")
-            # Bytes, not characters: 64 Ki characters of emoji would be 256 KiB.
-            size = len(text_data.encode("utf-8", "surrogatepass")) if text_data is not None else len(bytes_data or b"")
-            if size > settings.WS_MAX_MESSAGE_BYTES:
-                raise BadMessage("too_large", f"Messages are limited to {settings.WS_MAX_MESSAGE_BYTES} bytes.")
-            raw = text_data if text_data is not None else (bytes_data or b"").decode("utf-8", "replace")
-            try:
-                content = json.loads(raw)
-            except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
-                raise BadMessage("invalid_json", "The message is not valid JSON.") from None
-            if not isinstance(content, dict):
-                raise BadMessage("invalid_json", "A message is a JSON object with a `type`.")
+                raise protocol.rate_limited()
+            content = protocol.parse(text_data, bytes_data)
             kind = content.get("type")
             handler = self.HANDLERS.get(kind) if isinstance(kind, str) else None
             if handler is None:
-                raise BadMessage("unknown_type", f"Unknown message type: {str(kind)[:50]!r}.")
+                raise protocol.unknown_type(kind)
             await handler(self, content)
-        except BadMessage as exc:
-            await self.send_json({"type": "error", "code": exc.code, "detail": exc.detail, "ref": kind})
-        except APIException as exc:
-            code = exc.get_codes() if isinstance(exc.get_codes(), str) else "conflict"
-            await self.send_json({"type": "error", "code": code, "detail": str(exc.detail), "ref": kind})
-        except (Conversation.DoesNotExist, Agent.DoesNotExist):
-            await self.send_json({"type": "error", "code": "not_found", "detail": "No such conversation.", "ref": kind})
-        except DatabaseError:
-            # A lost database connection (a restart, a failover): nothing was done (the
-            # transaction rolled back); the socket stays open and the app may try again.
-            logger.warning("database unavailable for %s from agent %s", kind, self.agent_id, exc_info=True)
-            detail = "The service is briefly unavailable; nothing was done. Try again."
-            await self.send_json({"type": "error", "code": "unavailable", "detail": detail, "ref": kind})
-        except Exception:
-            # A bug must not take the agent's socket (and its offers) down with it: logged, answered, still open.
-            logger.exception("agent socket: a %r message failed", kind)
-            await self.send_json({"type": "error", "code": "server_error", "detail": "Internal error.", "ref": kind})
+        except Exception as exc:  # every failure is answered on the socket, which stays open
+            await self.send_json(protocol.error_frame(exc, kind, self.agent_id))
 
     async def on_ping(self, content: dict[str, Any]) -> None:
         # Renew the group membership: channels_redis forgets it after `group_expiry` (a day),
@@ -294,42 +180,40 @@ class AgentConsumer(AsyncWebsocketConsumer):
         await self.send_json({"type": "pong"})
 
     async def on_presence(self, content: dict[str, Any]) -> None:
-        status = content.get("status")
-        if status not in Agent.Status.values:
-            raise BadMessage("invalid_request", "status: one of online, away, offline.")
-        await database_sync_to_async(services.agent_set_status)(
+        status = protocol.choice(content, "status", Agent.Status.values, "status: one of online, away, offline.")
+        await database_sync_to_async(presence.agent_set_status)(
             agent_id=self.agent_id, status=status, actor=f"agent:{self.agent_id}"
         )
 
     async def on_offer_accept(self, content: dict[str, Any]) -> None:
-        offer_id = _field(content, "offer_id")
+        offer_id = protocol.field(content, "offer_id")
         agent = await self._agent()
-        await database_sync_to_async(services.offer_accept)(offer_id=offer_id, agent=agent)
+        await database_sync_to_async(offers.offer_accept)(offer_id=offer_id, agent=agent)
 
     async def on_offer_decline(self, content: dict[str, Any]) -> None:
-        offer_id = _field(content, "offer_id")
-        reason = _field(content, "reason", required=False)
+        offer_id = protocol.field(content, "offer_id")
+        reason = protocol.field(content, "reason", required=False)
         agent = await self._agent()
-        await database_sync_to_async(services.offer_decline)(offer_id=offer_id, agent=agent, reason=reason)
+        await database_sync_to_async(offers.offer_decline)(offer_id=offer_id, agent=agent, reason=reason)
         await self.send_json({"type": "offer.declined", "offer_id": offer_id})
 
     async def on_message_send(self, content: dict[str, Any]) -> None:
-        conversation_id = _field(content, "conversation_id")
-        text = _field(content, "text", max_length=20_000)
-        client_id = _field(content, "client_id")
+        conversation_id = protocol.field(content, "conversation_id")
+        text = protocol.field(content, "text", max_length=20_000)
+        client_id = protocol.field(content, "client_id")
         agent = await self._agent()
-        await database_sync_to_async(services.conversation_add_agent_message)(
+        await database_sync_to_async(conversations.conversation_add_agent_message)(
             conversation_id=conversation_id, agent=agent, text=text, client_id=client_id
         )
 
     async def on_conversation_resolve(self, content: dict[str, Any]) -> None:
-        conversation_id = _field(content, "conversation_id")
-        outcome = content.get("outcome")
-        if outcome not in Conversation.Outcome.values:
-            raise BadMessage("invalid_request", "outcome: one of resolved, unresolved.")
-        note = _field(content, "note", max_length=5_000, required=False)
+        conversation_id = protocol.field(content, "conversation_id")
+        outcome = protocol.choice(
+            content, "outcome", Conversation.Outcome.values, "outcome: one of resolved, unresolved."
+        )
+        note = protocol.field(content, "note", max_length=5_000, required=False)
         agent = await self._agent()
-        await database_sync_to_async(services.conversation_resolve)(
+        await database_sync_to_async(conversations.conversation_resolve)(
             conversation_id=conversation_id, agent=agent, outcome=outcome, note=note
         )
 

@@ -12,10 +12,9 @@ import threading
 from typing import Any
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.core.cache import cache
 from django.db import transaction
 from redis.exceptions import ConnectionError as RedisConnectionError
-
-from marketplace.models import Message
 
 logger = logging.getLogger(__name__)
 
@@ -101,15 +100,36 @@ def send_on_commit(agent_id: str, payload: dict[str, Any]) -> None:
     transaction.on_commit(lambda: send(agent_id, payload), robust=True)
 
 
-def message_payload(message: Message) -> dict[str, Any]:
-    return {
-        "type": "message",
-        "conversation_id": message.conversation_id,
-        "message": {
-            "id": message.id,
-            "role": message.role,
-            "text": message.text,
-            "created_at": message.created_at.isoformat().replace("+00:00", "Z"),
-            "client_id": message.client_id,
-        },
-    }
+# Why the server (not the agent) last set the status, kept for `hello`: the app that reconnects after
+# `disconnected` (the agent had no socket then) still learns why it is offline. Informational only:
+# the status itself lives on the agent row.
+STATUS_REASON_TTL_SECONDS = 24 * 3600
+
+
+def status_reason_key(agent_id: str) -> str:
+    return f"dispatch.status_reason.{agent_id}"
+
+
+def presence_on_commit(agent_id: str, status: str, reason: str = "") -> None:
+    """Tell the agent's devices the status now in force, with the reason when the agent did not choose it."""
+
+    def remember() -> None:
+        try:
+            if reason:
+                cache.set(status_reason_key(agent_id), reason, STATUS_REASON_TTL_SECONDS)
+            else:
+                cache.delete(status_reason_key(agent_id))
+        except Exception:  # the cache is a convenience; the status was saved and is sent regardless
+            logger.warning("could not remember the status reason of %s", agent_id, exc_info=True)
+
+    transaction.on_commit(remember, robust=True)
+    send_on_commit(agent_id, {"type": "presence", "status": status, **({"reason": reason} if reason else {})})
+
+
+def status_reason(agent_id: str) -> str | None:
+    try:
+        reason = cache.get(status_reason_key(agent_id))
+    except Exception:
+        logger.warning("could not read the status reason of %s", agent_id, exc_info=True)
+        return None
+    return reason if isinstance(reason, str) else None

@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from marketplace.models import Agent, Conversation
 
-from .models import DispatchWeights, Offer
+from .models import Assignment, DispatchWeights, Offer
 
 _REFUSED = (Offer.State.DECLINED, Offer.State.EXPIRED)
 
@@ -157,3 +157,67 @@ def active_conversations(agent_id: str) -> QuerySet[Conversation]:
 
 def agent_for_user(user: Any) -> Agent | None:
     return Agent.objects.filter(user=user).first()
+
+
+# --- what payouts is told about an agent's work (payouts does not read dispatch) --------------
+
+
+def assignment_pay(assignment: Assignment) -> dict[str, Any]:
+    """The plain values a resolution earning is made of: the locked quote and where it was made."""
+    offer: Offer | None = assignment.offer
+    detail: dict[str, Any] = (
+        {"quoted_at": "assignment"}
+        if offer is None
+        else {"quoted_at": "offer", "offer_id": offer.id, "base": offer.pay_base, "surge": str(offer.pay_surge)}
+    )
+    return {
+        "assignment_id": assignment.pk,
+        "agent_id": assignment.agent_id,
+        "conversation_id": assignment.conversation_id,
+        "amount": assignment.pay_amount,
+        "currency": assignment.pay_currency,
+        "detail": detail,
+    }
+
+
+def engaged_seconds(*, agent_id: str, start: datetime, end: datetime) -> float:
+    """Time holding an offer or at least one conversation, overlaps counted once."""
+    now = timezone.now()
+    spans: list[tuple[datetime, datetime]] = []
+    for created, responded, expires in Offer.objects.filter(
+        agent_id=agent_id, created_at__lt=end, expires_at__gt=start - timedelta(hours=1)
+    ).values_list("created_at", "responded_at", "expires_at"):
+        # An offer cannot be taken after it expires, however late the expiry was recorded.
+        spans.append((created, min(responded or expires, expires, now)))
+    for began, ended in (
+        Assignment.objects.filter(agent_id=agent_id, started_at__lt=end)
+        .filter(Q(ended_at__isnull=True) | Q(ended_at__gt=start))
+        .values_list("started_at", "ended_at")
+    ):
+        spans.append((began, ended or now))
+    total = 0.0
+    cursor = start
+    for began, ended in sorted((max(b, start), min(e, end)) for b, e in spans):
+        if ended <= cursor:
+            continue
+        total += (ended - max(began, cursor)).total_seconds()
+        cursor = ended
+    return total
+
+
+def engaged_agent_ids(*, start: datetime, end: datetime) -> set[str]:
+    """Agents who held a conversation or an offer between start and end."""
+    return set(
+        Assignment.objects.filter(started_at__lt=end)
+        .filter(Q(ended_at__isnull=True) | Q(ended_at__gt=start))
+        .values_list("agent_id", flat=True)
+    ) | set(
+        Offer.objects.filter(created_at__gte=start - timedelta(hours=1), created_at__lt=end).values_list(
+            "agent_id", flat=True
+        )
+    )
+
+
+def quality_bonuses(conversation_id: str) -> dict[int, int]:
+    """The quality bonus locked on each of the conversation's assignments, by assignment id."""
+    return dict(Assignment.objects.filter(conversation_id=conversation_id).values_list("pk", "quality_bonus"))

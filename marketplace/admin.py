@@ -114,7 +114,7 @@ class AgentAdmin(admin.ModelAdmin):
         "created_at",
     )
     raw_id_fields = ("user",)
-    actions = ("approve", "suspend")
+    actions = ("approve",)  # suspending passes work on: dispatch's (dispatch/admin.py)
 
     @admin.display(description="Load", ordering="active_count")
     def load(self, agent: Agent) -> str:
@@ -147,14 +147,6 @@ class AgentAdmin(admin.ModelAdmin):
                 agent_id=agent.pk, approval=Agent.Approval.APPROVED, actor=f"admin:{request.user}"
             )
         self.message_user(request, f"Approved {queryset.count()} agent(s).", messages.SUCCESS)
-
-    @admin.action(description="Suspend selected agents (takes them offline)")
-    def suspend(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
-        for agent in queryset:
-            services.agent_set_approval(
-                agent_id=agent.pk, approval=Agent.Approval.SUSPENDED, actor=f"admin:{request.user}"
-            )
-        self.message_user(request, f"Suspended {queryset.count()} agent(s).", messages.WARNING)
 
 
 @admin.register(BotIntegration)
@@ -196,7 +188,7 @@ class ConversationAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     list_select_related = ("integration", "assigned_agent")
     inlines = (MessageInline, ConversationEventInline, CallbackEventInline)
-    actions = ("cancel",)
+    actions = ()  # the verbs that change a conversation are dispatch's (dispatch/admin.py)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return [f.name for f in Conversation._meta.fields]
@@ -215,19 +207,6 @@ class ConversationAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
-
-    @admin.action(description="Cancel selected conversations")
-    def cancel(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:
-        done = 0
-        for conversation in queryset:
-            try:
-                services.conversation_cancel(
-                    conversation_id=conversation.pk, actor=f"admin:{request.user}", reason="admin"
-                )
-                done += 1
-            except services.ConversationClosed:
-                self.message_user(request, f"{conversation.pk} is already closed.", messages.WARNING)
-        self.message_user(request, f"Cancelled {done} conversation(s).", messages.SUCCESS)
 
 
 @admin.register(Message)

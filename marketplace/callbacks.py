@@ -35,7 +35,7 @@ from django.db import transaction
 from django.db.models import F, Max, Q
 from django.utils import timezone
 
-from core import jobs
+from core import jobs, outbox
 
 from . import callback_http, signing, tasks
 from .models import BotIntegration, CallbackAttempt, CallbackEvent, Conversation
@@ -78,8 +78,9 @@ def callback_enqueue(*, conversation: Conversation, type: str, data: dict[str, A
 
 def backoff_seconds(attempt: int) -> float:
     """Exponential backoff with equal jitter: half fixed, half random."""
-    ceiling = min(settings.CALLBACK_BACKOFF_MAX_SECONDS, settings.CALLBACK_BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not crypto
+    return outbox.backoff_seconds(
+        attempt, base=settings.CALLBACK_BACKOFF_BASE_SECONDS, cap=settings.CALLBACK_BACKOFF_MAX_SECONDS
+    )
 
 
 class _Busy:
@@ -145,15 +146,15 @@ def _claim_head(conversation_id: str) -> CallbackEvent | _Busy | None:
         now = timezone.now()
         if _in_flight(head.integration_id, now) >= limit:
             return BUSY
-        claimed = (
+        claimed = outbox.claim(
             CallbackEvent.objects.filter(
                 pk=head.pk,
                 state=CallbackEvent.State.PENDING,
                 next_attempt_at__lte=now,
                 attempts__lt=F("max_attempts"),
-            )
-            .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-            .update(lease_until=now + timedelta(seconds=_lease_seconds()), attempts=F("attempts") + 1)
+            ),
+            lease_seconds=_lease_seconds(),
+            now=now,
         )
     if not claimed:
         return None  # another worker holds it
@@ -282,24 +283,14 @@ def callbacks_sweep(*, limit: int = 500) -> int:
     """
     now = timezone.now()
     stale = now - timedelta(seconds=settings.CALLBACK_REKICK_SECONDS)
-    due = (
-        CallbackEvent.objects.filter(state=CallbackEvent.State.PENDING, next_attempt_at__lte=now)
-        .filter(
-            # a claim whose lease ran out (its worker died), or a job started long ago and never run
-            Q(lease_until__lt=now)
-            | Q(lease_until__isnull=True, kicked_at__isnull=True)
-            | Q(lease_until__isnull=True, kicked_at__lt=stale)
-        )
-        .values_list("conversation_id", flat=True)
-        .distinct()[:limit]
+    due = CallbackEvent.objects.filter(state=CallbackEvent.State.PENDING, next_attempt_at__lte=now).filter(
+        # a claim whose lease ran out (its worker died), or a job started long ago and never run
+        Q(lease_until__lt=now)
+        | Q(lease_until__isnull=True, kicked_at__isnull=True)
+        | Q(lease_until__isnull=True, kicked_at__lt=stale)
     )
-    conversation_ids = list(due)
-    CallbackEvent.objects.filter(conversation_id__in=conversation_ids, state=CallbackEvent.State.PENDING).update(
-        kicked_at=now
-    )
-    for conversation_id in conversation_ids:
-        jobs.enqueue(tasks.deliver_callbacks, conversation_id)
-    return len(conversation_ids)
+    pending = CallbackEvent.objects.filter(state=CallbackEvent.State.PENDING)
+    return outbox.kick(due, tasks.deliver_callbacks, limit=limit, key="conversation_id", marked=pending)
 
 
 @transaction.atomic

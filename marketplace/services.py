@@ -1,8 +1,11 @@
-"""Every write to conversations and their messages, one function per verb.
+"""The base app's writes, one function per verb: agents, bot integrations, and the parts of a
+conversation's life that need nothing above this app (its event log, status transitions, what the
+bot is told about the queue).
 
-Lock order, everywhere: Conversation, then Offer, then Agent. Side effects
-(callbacks to the bot, messages to agents, background jobs) are sent only after
-the transaction commits.
+This app imports neither payouts nor dispatch. The verbs that drive a conversation (escalate,
+customer messages, cancel, rate, offers...) live in dispatch, which orchestrates this app and
+payouts; the lock order they follow is stated once, in core.locks. Side effects (callbacks to the
+bot) are sent only after the transaction commits.
 """
 
 from __future__ import annotations
@@ -18,17 +21,14 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from core import jobs
 from core.errors import Conflict
-from dispatch import events as agent_events
-from dispatch import tasks as dispatch_tasks
 
 from . import access, callbacks, selectors
-from .models import Agent, BotIntegration, Conversation, ConversationEvent, Message, new_integration_secret
+from .models import Agent, BotIntegration, Conversation, ConversationEvent, new_integration_secret
 
 
 class ConversationClosed(Conflict):
@@ -148,7 +148,7 @@ def escalation_fingerprint(source: Conversation | EscalationInput) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _same_request(conversation: Conversation, fingerprint: str) -> Conversation:
+def same_request(conversation: Conversation, fingerprint: str) -> Conversation:
     """The existing conversation when it was made by this same request; else IdempotencyMismatch (409)."""
     stored = conversation.request_hash or escalation_fingerprint(conversation)  # a row from before the hash
     if not hmac.compare_digest(stored, fingerprint):
@@ -156,143 +156,11 @@ def _same_request(conversation: Conversation, fingerprint: str) -> Conversation:
     return conversation
 
 
-def conversation_escalate(*, integration: BotIntegration, data: EscalationInput) -> tuple[Conversation, bool]:
-    """Create the conversation, or return the existing one for this external_id and this same body.
-
-    Idempotent even when the same escalation arrives twice at the same moment:
-    the unique constraint on (integration, external_id) lets one insert win and
-    the other return the winner's row. The same external_id with another body is
-    a 409 (`idempotency_mismatch`), as Stripe answers an idempotency key reused.
-    """
-    fingerprint = escalation_fingerprint(data)
-    existing = Conversation.objects.filter(integration=integration, external_id=data.external_id).first()
-    if existing is not None:
-        return _same_request(existing, fingerprint), False
-    try:
-        with transaction.atomic():
-            now = timezone.now()
-            conversation = Conversation.objects.create(
-                integration=integration,
-                external_id=data.external_id,
-                language=primary_language(data.language),
-                topic=data.topic.lower(),
-                priority=data.priority,
-                reason=data.reason,
-                customer=data.customer or {},
-                summary=data.summary,
-                transcript=data.transcript or [],
-                request_hash=fingerprint,
-                status=Conversation.Status.QUEUED,
-                queued_at=now,
-                queue_key=queue_key_for(data.priority, now),
-            )
-            conversation_log(
-                conversation=conversation,
-                kind="status.queued",
-                actor=f"bot:{integration.id}",
-                data={"reason": data.reason},
-                from_status="new",
-            )
-            conversation_notify_queued(conversation)
-            jobs.enqueue_on_commit(dispatch_tasks.dispatch_conversation, conversation.pk)
-    except IntegrityError:
-        winner = Conversation.objects.filter(integration=integration, external_id=data.external_id).first()
-        if winner is None:
-            raise  # another constraint than the duplicate external_id: say which, not "no such row"
-        return _same_request(winner, fingerprint), False
-    return conversation, True
-
-
-def _locked(conversation_id: str) -> Conversation:
-    return Conversation.objects.select_for_update().get(pk=conversation_id)
-
-
-def conversation_add_customer_message(
-    *, conversation: Conversation, text: str, external_message_id: str | None
-) -> tuple[Message, bool]:
-    """A customer's message from the bot. Idempotent on external_message_id."""
-    if external_message_id:
-        existing = Message.objects.filter(conversation=conversation, external_id=external_message_id).first()
-        if existing is not None:
-            return existing, False
-    try:
-        with transaction.atomic():
-            locked = _locked(conversation.pk)
-            if locked.is_closed:
-                raise ConversationClosed()
-            message = Message.objects.create(
-                conversation=locked, role=Message.Role.CUSTOMER, text=text, external_id=external_message_id or None
-            )
-            if locked.status == Conversation.Status.ASSIGNED and locked.assigned_agent_id:
-                agent_events.send_on_commit(locked.assigned_agent_id, agent_events.message_payload(message))
-    except IntegrityError:
-        return Message.objects.get(conversation=conversation, external_id=external_message_id), False
-    return message, True
-
-
 def agent_release_slot(agent_id: str) -> None:
     """Free one slot of the agent's capacity (the caller holds the conversation lock)."""
     now = timezone.now()
     Agent.objects.filter(pk=agent_id, active_count__gt=0).update(active_count=F("active_count") - 1)
     Agent.objects.filter(pk=agent_id, active_count=0).update(idle_since=now)
-
-
-@transaction.atomic
-def conversation_cancel(*, conversation_id: str, actor: str, reason: str = "customer_left") -> Conversation:
-    """The customer left: withdraw any offer, free the agent, tell everyone.
-
-    On a conversation that is already closed (cancelled, resolved, abandoned)
-    it changes nothing and returns it as it is: the customer leaving after the
-    end is not an error.
-    """
-    from dispatch import services as dispatch_services  # dispatch builds on this module
-
-    conversation = _locked(conversation_id)
-    if conversation.is_closed:
-        return conversation
-    dispatch_services.offers_revoke_for_conversation(conversation=conversation, reason="cancelled")
-    agent_id = conversation.assigned_agent_id if conversation.status == Conversation.Status.ASSIGNED else None
-    conversation_transition(
-        conversation=conversation, to=Conversation.Status.CANCELLED, actor=actor, data={"reason": reason}
-    )
-    if agent_id:
-        dispatch_services.assignment_end(conversation_id=conversation.id, reason="cancelled")
-        agent_release_slot(agent_id)
-        agent_events.send_on_commit(
-            agent_id,
-            # `detail`: why it was cancelled (customer_left, abandoned, admin): the app tells an operator's apart.
-            {
-                "type": "conversation.closed",
-                "conversation_id": conversation.id,
-                "reason": "cancelled",
-                "detail": reason,
-            },
-        )
-    callbacks.callback_enqueue(conversation=conversation, type="conversation.cancelled", data={"reason": reason})
-    return conversation
-
-
-@transaction.atomic
-def conversation_rate(*, conversation_id: str, score: int, comment: str, actor: str) -> Conversation:
-    """The customer's rating, once, after resolution."""
-    conversation = _locked(conversation_id)
-    if conversation.status != Conversation.Status.RESOLVED:
-        raise NotResolved()
-    if conversation.rating_score is not None:
-        raise AlreadyRated()
-    conversation.rating_score = score
-    conversation.rating_comment = comment
-    conversation.rated_at = timezone.now()
-    conversation.save(update_fields=["rating_score", "rating_comment", "rated_at", "updated_at"])
-    if conversation.assigned_agent_id:
-        Agent.objects.filter(pk=conversation.assigned_agent_id).update(
-            rating_count=F("rating_count") + 1, rating_sum=F("rating_sum") + score
-        )
-    conversation_log(conversation=conversation, kind="rated", actor=actor, data={"score": score})
-    from payouts import services as payout_services  # payouts builds on this module
-
-    payout_services.earning_accrue_bonus(conversation=conversation, score=score)
-    return conversation
 
 
 @transaction.atomic
@@ -310,7 +178,8 @@ def agent_update_profile(*, agent_id: str, languages: list[str], skills: list[st
 
 @transaction.atomic
 def agent_set_approval(*, agent_id: str, approval: str, actor: str) -> Agent:
-    """Approve or suspend an agent. A suspended agent is taken offline."""
+    """Approve or suspend an agent. A suspended agent is taken offline (dispatch's agent_suspend tells its
+    sockets and passes its work on)."""
     agent = Agent.objects.select_for_update().get(pk=agent_id)
     agent.approval = approval
     fields = ["approval"]
@@ -318,8 +187,6 @@ def agent_set_approval(*, agent_id: str, approval: str, actor: str) -> Agent:
         agent.status = Agent.Status.OFFLINE
         agent.status_changed_at = timezone.now()
         fields += ["status", "status_changed_at"]
-        reason = "suspended" if approval == Agent.Approval.SUSPENDED else "not_approved"
-        agent_events.send_on_commit(agent.pk, {"type": "presence", "status": Agent.Status.OFFLINE, "reason": reason})
     agent.save(update_fields=fields)
     if approval == Agent.Approval.SUSPENDED:
         # No REST access and no socket left: its token dies and every socket closes (within seconds).

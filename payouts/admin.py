@@ -13,7 +13,7 @@ from core.display import format_money, format_when
 from core.errors import ApiError
 from marketplace.admin import ReadOnlyAdmin, ReadOnlyInline
 
-from . import selectors, services
+from . import selectors
 from .models import (
     ConnectedAccount,
     Earning,
@@ -26,6 +26,7 @@ from .models import (
     StripeEvent,
     Transfer,
 )
+from .services import accounts, earnings, transfers
 
 
 def _run(request: HttpRequest, what: str, fn: Any, **kwargs: Any) -> bool:
@@ -86,7 +87,7 @@ class ConnectedAccountAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Refresh from Stripe")
     def refresh(self, request: HttpRequest, queryset: QuerySet[ConnectedAccount]) -> None:
-        done = sum(_run(request, a.stripe_account_id, services.account_refresh, agent=a.agent) for a in queryset)
+        done = sum(_run(request, a.stripe_account_id, accounts.account_refresh, agent=a.agent) for a in queryset)
         self.message_user(request, f"Refreshed {done} account(s).", messages.SUCCESS)
 
 
@@ -122,7 +123,7 @@ class EarningAdmin(ReadOnlyAdmin):
     def dispute(self, request: HttpRequest, queryset: QuerySet[Earning]) -> None:
         actor = f"admin:{request.user}"
         done = sum(
-            _run(request, e.pk, services.earning_dispute, earning_id=e.pk, reason="disputed by an admin", actor=actor)
+            _run(request, e.pk, earnings.earning_dispute, earning_id=e.pk, reason="disputed by an admin", actor=actor)
             for e in queryset
         )
         self.message_user(request, f"Disputed {done} earning(s).", messages.SUCCESS)
@@ -156,7 +157,7 @@ class TransferAdmin(ReadOnlyAdmin):
     @admin.action(description="Retry (failed or held transfers)")
     def retry(self, request: HttpRequest, queryset: QuerySet[Transfer]) -> None:
         actor = f"admin:{request.user}"
-        done = sum(_run(request, t.pk, services.transfer_retry, transfer_id=t.pk, actor=actor) for t in queryset)
+        done = sum(_run(request, t.pk, transfers.transfer_retry, transfer_id=t.pk, actor=actor) for t in queryset)
         self.message_user(request, f"Queued {done} transfer(s) again.", messages.SUCCESS)
 
     @admin.action(description="Dispute the earning (cancel an unsent transfer, claw back a paid one)")
@@ -166,7 +167,7 @@ class TransferAdmin(ReadOnlyAdmin):
             _run(
                 request,
                 t.pk,
-                services.earning_dispute,
+                earnings.earning_dispute,
                 earning_id=t.earning_id,
                 reason="disputed by an admin",
                 actor=actor,

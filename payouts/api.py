@@ -21,7 +21,8 @@ from rest_framework.views import APIView
 from marketplace.agent_api import agent_for
 from marketplace.models import Agent
 
-from . import selectors, services
+from . import selectors
+from .services import accounts, stripe_events
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class OnboardingApi(AgentApi):
         ),
     )
     def post(self, request: Request) -> Response:
-        return Response(services.onboarding_link(agent=self.agent()))
+        return Response(accounts.onboarding_link(agent=self.agent()))
 
 
 class PayoutStatusApi(AgentApi):
@@ -110,7 +111,7 @@ class PayoutStatusApi(AgentApi):
         params = _StatusQuerySerializer(data=request.query_params.dict())  # a dict: `?refresh=` is a 400, not absent
         params.is_valid(raise_exception=True)
         if params.validated_data["refresh"]:
-            services.account_refresh(agent=agent)
+            accounts.account_refresh(agent=agent)
         return Response(selectors.account_status(agent))
 
 
@@ -197,5 +198,5 @@ class StripeWebhookView(View):
         problem = _unstorable(payload, request.body)
         if problem:
             return _error(400, "invalid_event", problem)
-        stored, created = services.stripe_event_record(event=payload)
+        stored, created = stripe_events.stripe_event_record(event=payload)
         return JsonResponse({"received": True, "duplicate": not created, "id": stored.id})

@@ -14,6 +14,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from marketplace.models import prefixed_id
+from marketplace.services import primary_language
 
 
 def new_earning_id() -> str:
@@ -62,8 +63,6 @@ class PayRule(models.Model):
     def clean(self) -> None:
         # Conversations carry lowercase topics and primary language codes ("sv-SE" -> "sv");
         # a rule written otherwise would silently never match.
-        from marketplace.services import primary_language
-
         self.topic = self.topic.strip().lower()
         self.language = primary_language(self.language) if self.language else ""
 
@@ -144,9 +143,8 @@ class Earning(models.Model):
     conversation = models.ForeignKey(
         "marketplace.Conversation", null=True, blank=True, on_delete=models.PROTECT, related_name="earnings"
     )
-    assignment = models.ForeignKey(
-        "dispatch.Assignment", null=True, blank=True, on_delete=models.PROTECT, related_name="earnings"
-    )
+    # Dispatch's Assignment that earned it, as a plain id: payouts sits below dispatch (docs/ARCHITECTURE.md).
+    assignment_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     week_start = models.DateField(null=True, blank=True, help_text="Floor top-ups: the Monday of the week")
     amount = models.PositiveIntegerField(help_text="Minor units")
     currency = models.CharField(max_length=3)
@@ -164,7 +162,9 @@ class Earning(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["assignment", "kind"], condition=Q(assignment__isnull=False), name="earning_once_per_assignment"
+                fields=["assignment_id", "kind"],
+                condition=Q(assignment_id__isnull=False),
+                name="earning_once_per_assignment",
             ),
             models.UniqueConstraint(
                 fields=["agent", "week_start"], condition=Q(kind="floor_topup"), name="earning_floor_once_per_week"

@@ -8,6 +8,7 @@ ours to retry later, again with the same key.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import stripe
 from django.conf import settings
@@ -53,3 +54,8 @@ def is_retryable(error: stripe.StripeError) -> bool:
         return True
     status = error.http_status or 0
     return status >= 500 or status == 409 or status == 0
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """Stripe's objects are not dicts (stripe-python 15+); events and our code use plain dicts."""
+    return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)

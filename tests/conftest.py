@@ -21,6 +21,7 @@ from django.core.cache import cache
 from django.test import Client
 
 from core import jobs
+from dispatch.services import escalations
 from marketplace import services, signing
 from marketplace.models import Agent, BotIntegration, Conversation
 
@@ -182,7 +183,7 @@ def escalate(integration: BotIntegration) -> Callable[..., Conversation]:
 
     def make(**fields: Any) -> Conversation:
         fields.setdefault("external_id", f"conv-{next(counter)}")
-        conversation, _ = services.conversation_escalate(
+        conversation, _ = escalations.conversation_escalate(
             integration=integration, data=services.EscalationInput(**fields)
         )
         return conversation

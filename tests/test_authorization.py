@@ -29,16 +29,16 @@ def agent_client(agent) -> Client:
 
 @pytest.fixture
 def two_agents(make_agent, integration, recorded_jobs):
-    from dispatch import services as dispatch
+    from dispatch.services import conversations, escalations, offers
     from marketplace import services
 
     a, b = make_agent(username="anna"), make_agent(username="bert")
-    conversation, _ = services.conversation_escalate(
+    conversation, _ = escalations.conversation_escalate(
         integration=integration, data=services.EscalationInput(external_id="b-1", summary="B's customer")
     )
-    offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=b.pk)
-    dispatch.offer_accept(offer_id=offer.pk, agent=b)
-    dispatch.conversation_resolve(conversation_id=conversation.pk, agent=b, outcome="resolved")
+    offer = offers.offer_create(conversation_id=conversation.pk, agent_id=b.pk)
+    offers.offer_accept(offer_id=offer.pk, agent=b)
+    conversations.conversation_resolve(conversation_id=conversation.pk, agent=b, outcome="resolved")
     return a, b, conversation
 
 

@@ -56,12 +56,13 @@ def test_escalation_over_http_is_called_back_by_the_celery_worker(make_integrati
 def test_a_lost_task_is_recovered_by_celery_beats_sweeper(integration, callback_receiver, tmp_path, lost_tasks):
     from django.utils import timezone
 
+    from dispatch.services import escalations
     from marketplace import services
 
     integration.callback_url = callback_receiver.url
     integration.save()
     # Given: an event whose delivery task was lost (committed, but never sent to the broker).
-    conversation, _ = services.conversation_escalate(
+    conversation, _ = escalations.conversation_escalate(
         integration=integration, data=services.EscalationInput(external_id="lost")
     )
     assert CallbackEvent.objects.filter(state="pending", next_attempt_at__lte=timezone.now()).count() == 1

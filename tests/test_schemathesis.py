@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
 from schemathesis.config import SchemathesisConfig
 
-from dispatch import services as dispatch
+from dispatch.services import conversations as dispatch_conversations
+from dispatch.services import escalations, offers
 from marketplace import services, signing
 from marketplace.models import Agent, BotIntegration
 
@@ -142,17 +143,19 @@ def world(in_process, make_agent, make_integration, recorded_jobs, stripe_on, se
     agent = make_agent(username="fuzzed", capacity=5)
     ids = []
     for n, finish in enumerate(["waiting", "assigned", "resolved", "resolved", "cancelled"]):
-        conversation, _ = services.conversation_escalate(
+        conversation, _ = escalations.conversation_escalate(
             integration=integration, data=services.EscalationInput(external_id=f"seed-{n}", summary="seeded")
         )
         ids.append(conversation.pk)
         if finish == "cancelled":
-            services.conversation_cancel(conversation_id=conversation.pk, actor="test")
+            escalations.conversation_cancel(conversation_id=conversation.pk, actor="test")
         elif finish != "waiting":
-            offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
-            dispatch.offer_accept(offer_id=offer.pk, agent=agent)
+            offer = offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
+            offers.offer_accept(offer_id=offer.pk, agent=agent)
             if finish == "resolved":
-                dispatch.conversation_resolve(conversation_id=conversation.pk, agent=agent, outcome="resolved")
+                dispatch_conversations.conversation_resolve(
+                    conversation_id=conversation.pk, agent=agent, outcome="resolved"
+                )
     KNOWN_IDS[:] = ids
     SignAtTheDoor.secret = integration.secret
     token = Token.objects.create(user=agent.user).key

@@ -126,3 +126,18 @@ def test_the_development_settings_pass_check_deploy_only_with_warnings():
     )
     assert result.returncode != 0
     assert "security.W018" in result.stderr + result.stdout  # DEBUG on
+
+
+def test_every_periodic_job_is_a_celery_task_importable_by_its_name():
+    """The embedded runner imports each periodic job by its name; Celery beat sends it by the same name."""
+    from celery import current_app
+    from django.conf import settings
+    from django.utils.module_loading import import_string
+
+    import config.celery  # noqa: F401 - the app and its autodiscovered tasks
+
+    current_app.loader.import_default_modules()
+    for job in settings.PERIODIC_JOBS.values():
+        task = import_string(job["task"])
+        assert task.name == job["task"], (task.name, job["task"])
+        assert job["task"] in current_app.tasks

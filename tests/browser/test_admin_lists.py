@@ -10,8 +10,8 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from marketplace.models import Agent, BotIntegration, Conversation
-from payouts import services as payouts
 from payouts.models import Earning, Transfer
+from payouts.services import earnings
 
 from .conftest import SCREENSHOTS
 from .test_admin_operations import DESKTOP, PASSWORD, busy_with, history, log_in
@@ -49,7 +49,7 @@ def data(integration: BotIntegration, make_agent: Any) -> Earning:
         agent=agents[2], kind="resolution", amount=1234, currency="usd", state="released", payable_at=timezone.now()
     )
     Transfer.objects.create(agent=agents[2], earning=disputed, amount=1234, currency="usd", state="pending")
-    payouts.earning_dispute(earning_id=disputed.pk, reason="the customer came back", actor="test")
+    earnings.earning_dispute(earning_id=disputed.pk, reason="the customer came back", actor="test")
     return disputed
 
 

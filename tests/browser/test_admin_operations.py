@@ -11,6 +11,7 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from dispatch.models import Offer
+from dispatch.services import escalations
 from marketplace import services
 from marketplace.models import Agent, BotIntegration, Conversation, ConversationEvent
 from payouts.models import Earning, Transfer
@@ -25,7 +26,7 @@ DESKTOP = {"viewport": {"width": 1280, "height": 900}}
 
 def escalate(integration: BotIntegration, external_id: str, *, waited: float = 0, **fields: Any) -> Conversation:
     """As the bot does; `waited` moves its arrival back in time."""
-    conversation, _ = services.conversation_escalate(
+    conversation, _ = escalations.conversation_escalate(
         integration=integration, data=services.EscalationInput(external_id=external_id, topic="billing", **fields)
     )
     if waited:

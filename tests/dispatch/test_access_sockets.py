@@ -16,8 +16,8 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from dispatch import services as dispatch_services
 from dispatch.models import AgentConnection
+from dispatch.services import presence
 
 from .conftest import Socket, connect
 
@@ -111,7 +111,7 @@ async def test_a_password_change_deactivation_or_suspension_closes_every_socket(
             user.is_active = False
             user.save()
         else:
-            dispatch_services.agent_suspend(agent_id=agent.pk, actor="admin:test")
+            presence.agent_suspend(agent_id=agent.pk, actor="admin:test")
 
     await sync_to_async(act)()
     for socket in sockets:

@@ -6,8 +6,8 @@ import pytest
 from django.contrib.admin.utils import quote
 from django.urls import reverse
 
-from dispatch import services as dispatch
 from dispatch.models import Offer
+from dispatch.services import offers
 from marketplace.models import Agent, Conversation
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -18,7 +18,7 @@ def assigned(escalate, make_agent, recorded_jobs):
     agent = make_agent()
     conversation = escalate(language="en", topic="billing")
     recorded_jobs.run("dispatch_conversation")
-    dispatch.offer_accept(offer_id=Offer.objects.get(conversation=conversation).pk, agent=agent)
+    offers.offer_accept(offer_id=Offer.objects.get(conversation=conversation).pk, agent=agent)
     recorded_jobs.clear()
     return conversation, agent
 

@@ -28,7 +28,7 @@ from django.conf import settings as django_settings
 from django.db import connection, connections, transaction
 
 from core import jobs
-from dispatch import services as dispatch
+from dispatch.services import matching, offers
 from payouts.models import Earning
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True), pytest.mark.timeout(600)]
@@ -42,7 +42,7 @@ def dispatch_sweeper() -> Iterator[None]:
     def sweep() -> None:
         try:
             while not stop.wait(float(str(django_settings.PERIODIC_JOBS["dispatch-sweep"]["seconds"]))):
-                dispatch.dispatch_sweep()
+                matching.dispatch_sweep()
         finally:
             connections.close_all()
 
@@ -129,7 +129,7 @@ def test_an_insert_referencing_the_agent_does_not_make_an_offer_skip_it(escalate
     holder.start()
     try:
         assert inserted.wait(10)
-        offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
+        offer = offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
     finally:
         finish.set()
         holder.join(10)

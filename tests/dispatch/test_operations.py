@@ -14,8 +14,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from dispatch import charts, ops
-from dispatch import services as dispatch
+from dispatch import windows as window_ops
 from dispatch.models import Assignment, Offer
+from dispatch.services import offers as dispatch_offers
 from marketplace.models import Agent, BotIntegration, CallbackEvent, Conversation, ConversationEvent
 from payouts.models import Earning, Transfer
 
@@ -111,7 +112,7 @@ def test_time_to_answer_percentiles_histogram_and_sla_over_each_window(answered,
     left(90, 20 * MIN)  # left after the target: a miss
     left(20, 20 * MIN)  # left before the target: not counted
 
-    windows = ops.window_figures(now=now)
+    windows = window_ops.window_figures(now=now)
 
     hour, day = windows["hour"], windows["day"]
     assert (hour.waits.answered, hour.waits.p50, hour.waits.p90, hour.waits.p99) == (10, 50.0, 90.0, 100.0)
@@ -138,16 +139,16 @@ def test_the_sla_target_is_a_setting(answered, now, settings):
         answered(wait, 5 * MIN)
 
     settings.SLA_ANSWER_SECONDS, settings.SLA_TARGET_RATIO = 30, 0.6
-    sla = ops.window_figures(now=now)["hour"].sla
+    sla = window_ops.window_figures(now=now)["hour"].sla
     assert (sla.target_seconds, sla.answered_within, sla.ratio, sla.met) == (30, 3, 0.6, True)
 
     settings.SLA_ANSWER_SECONDS = 20
-    sla = ops.window_figures(now=now)["hour"].sla
+    sla = window_ops.window_figures(now=now)["hour"].sla
     assert (sla.answered_within, sla.ratio, sla.met) == (2, 0.4, False)
 
 
 def test_no_answers_means_no_figures_rather_than_zero(now):
-    hour = ops.window_figures(now=now)["hour"]
+    hour = window_ops.window_figures(now=now)["hour"]
     assert (hour.waits.p50, hour.sla.ratio, hour.sla.met, hour.acceptance.rate, hour.ratings.average) == (
         None,
         None,
@@ -164,12 +165,12 @@ def test_a_wait_runs_from_the_escalation_through_declined_offers_not_from_queued
     first, second = make_agent(), make_agent()
     conversation = escalate(language="en", topic="billing")
     ConversationEvent.objects.filter(conversation=conversation).update(created_at=now - 90 * S)
-    offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=first.pk)
-    dispatch.offer_decline(offer_id=offer.pk, agent=first)
-    offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=second.pk)
-    dispatch.offer_accept(offer_id=offer.pk, agent=second)
+    offer = dispatch_offers.offer_create(conversation_id=conversation.pk, agent_id=first.pk)
+    dispatch_offers.offer_decline(offer_id=offer.pk, agent=first)
+    offer = dispatch_offers.offer_create(conversation_id=conversation.pk, agent_id=second.pk)
+    dispatch_offers.offer_accept(offer_id=offer.pk, agent=second)
 
-    spells = ops.waiting_spells(since=now - H, now=timezone.now())
+    spells = window_ops.waiting_spells(since=now - H, now=timezone.now())
 
     # then: one answered wait of about 90 s, although queued_at was stamped again by the decline
     conversation.refresh_from_db()
@@ -188,7 +189,7 @@ def test_a_requeued_conversation_waits_again_from_its_requeue(conversation_at, n
             ("assigned", "queued", now - 30 * S),
         ]
     )
-    spells = ops.waiting_spells(since=now - 2 * H, now=now)
+    spells = window_ops.waiting_spells(since=now - 2 * H, now=now)
     assert [s.seconds for s in spells] == [10.0]
     assert ops.sla_breaches(now=now) == (0, [])
     assert ops.queue_figures(now=now).oldest_wait_seconds == 30
@@ -220,7 +221,7 @@ def test_offer_acceptance_rate_over_each_window(conversation_at, make_agent, now
     for _ in range(5):
         offer("accepted", 30 * H)  # outside both windows
 
-    windows = ops.window_figures(now=now)
+    windows = window_ops.window_figures(now=now)
 
     hour, day = windows["hour"].acceptance, windows["day"].acceptance
     assert (hour.accepted, hour.declined, hour.expired, hour.rate) == (3, 1, 1, 0.6)
@@ -240,7 +241,7 @@ def test_customer_ratings_average_and_distribution(conversation_at, now):
     rated(3, 5 * H)
     rated(2, 30 * H)  # outside both windows
 
-    windows = ops.window_figures(now=now)
+    windows = window_ops.window_figures(now=now)
 
     hour, day = windows["hour"].ratings, windows["day"].ratings
     assert (hour.count, hour.average) == (3, 4.67)
@@ -452,8 +453,8 @@ def test_the_sla_filter_lists_the_conversations_over_the_target(admin_client, li
 def test_suspending_an_agent_passes_its_work_on(admin_client, escalate, make_agent, recorded_jobs):
     agent = make_agent()
     conversation = escalate(language="en", topic="billing")
-    offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
-    dispatch.offer_accept(offer_id=offer.pk, agent=agent)
+    offer = dispatch_offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
+    dispatch_offers.offer_accept(offer_id=offer.pk, agent=agent)
 
     response = admin_client.post(
         reverse("admin:marketplace_agent_changelist"),
@@ -472,7 +473,7 @@ def test_suspending_an_agent_passes_its_work_on(admin_client, escalate, make_age
 def test_suspending_withdraws_an_open_offer(admin_client, escalate, make_agent, recorded_jobs):
     agent = make_agent()
     conversation = escalate(language="en", topic="billing")
-    offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
+    offer = dispatch_offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
 
     admin_client.post(
         reverse("admin:marketplace_agent_changelist"), {"action": "suspend", "_selected_action": [agent.pk]}

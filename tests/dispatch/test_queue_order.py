@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from dispatch import services as dispatch
 from dispatch.models import Offer
+from dispatch.services import conversations, matching, offers
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -22,10 +22,10 @@ def test_a_freed_agent_gets_the_oldest_waiting_conversation_even_if_a_newcomer_d
     agent = make_agent()
     first = escalate()
     recorded_jobs.run("dispatch_conversation")
-    dispatch.offer_accept(offer_id=Offer.objects.get(conversation=first).pk, agent=agent)
+    offers.offer_accept(offer_id=Offer.objects.get(conversation=first).pk, agent=agent)
     waiting = escalate()  # nobody is free: it waits
     recorded_jobs.run("dispatch_conversation")
-    dispatch.conversation_resolve(conversation_id=first.pk, agent=agent, outcome="resolved")
+    conversations.conversation_resolve(conversation_id=first.pk, agent=agent, outcome="resolved")
     newcomer = escalate()  # its dispatch job runs before the agent's (the race the benchmark hits)
     recorded_jobs.run("dispatch_conversation")
     recorded_jobs.run("dispatch_agent")
@@ -44,7 +44,7 @@ def test_a_newcomer_behind_an_older_conversation_still_gets_a_second_free_agent(
     newcomer = escalate()
     recorded_jobs.clear()  # only the newcomer's job runs, as when it is first out of the broker
 
-    dispatch.conversation_dispatch(conversation_id=newcomer.pk)
+    matching.conversation_dispatch(conversation_id=newcomer.pk)
 
     offered = dict(Offer.objects.filter(state=Offer.State.PENDING).values_list("conversation_id", "agent_id"))
     assert set(offered) == {older.pk, newcomer.pk}

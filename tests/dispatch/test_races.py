@@ -9,8 +9,10 @@ import pytest
 from django.db.models import Count
 from django.utils import timezone
 
-from dispatch import services as dispatch
 from dispatch.models import Offer
+from dispatch.services import conversations, escalations, matching, presence
+from dispatch.services import errors as dispatch_errors
+from dispatch.services import offers as dispatch_offers
 from marketplace import services
 from marketplace.models import Agent, Conversation
 
@@ -21,7 +23,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 def offered(escalate, agent, recorded_jobs) -> tuple[Conversation, Offer]:
     conversation = escalate()
-    offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
+    offer = dispatch_offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
     recorded_jobs.clear()
     return conversation, offer
 
@@ -36,15 +38,15 @@ def test_accept_racing_the_expiry_has_one_outcome(escalate, make_agent, recorded
         time.sleep(max((deadline - timezone.now()).total_seconds(), 0))
 
         accept, expire = together(
-            lambda o=offer, a=agent: dispatch.offer_accept(offer_id=o.pk, agent=a),
-            lambda o=offer: dispatch.offer_expire(offer_id=o.pk),
+            lambda o=offer, a=agent: dispatch_offers.offer_accept(offer_id=o.pk, agent=a),
+            lambda o=offer: dispatch_offers.offer_expire(offer_id=o.pk),
         )
 
         offer.refresh_from_db()
         conversation.refresh_from_db()
         agent.refresh_from_db()
         if isinstance(accept, Exception):
-            assert isinstance(accept, dispatch.OfferNotOpen)
+            assert isinstance(accept, dispatch_errors.OfferNotOpen)
             assert (offer.state, conversation.status, agent.active_count) == ("expired", "queued", 0)
         else:
             assert expire is False
@@ -60,8 +62,8 @@ def test_decline_racing_the_expiry_counts_once(escalate, make_agent, recorded_jo
         Offer.objects.filter(pk=offer.pk).update(expires_at=timezone.now())
 
         together(
-            lambda o=offer, a=agent: dispatch.offer_decline(offer_id=o.pk, agent=a, reason="no"),
-            lambda o=offer: dispatch.offer_expire(offer_id=o.pk),
+            lambda o=offer, a=agent: dispatch_offers.offer_decline(offer_id=o.pk, agent=a, reason="no"),
+            lambda o=offer: dispatch_offers.offer_expire(offer_id=o.pk),
         )
 
         agent.refresh_from_db()
@@ -78,8 +80,10 @@ def test_accept_racing_a_reassignment_into_the_agents_last_slot(escalate, make_a
         other = escalate()
 
         accept, reassign = together(
-            lambda o=offer, a=agent: dispatch.offer_accept(offer_id=o.pk, agent=a),
-            lambda c=other, a=agent: dispatch.conversation_reassign(conversation_id=c.pk, agent_id=a.pk, actor="admin"),
+            lambda o=offer, a=agent: dispatch_offers.offer_accept(offer_id=o.pk, agent=a),
+            lambda c=other, a=agent: conversations.conversation_reassign(
+                conversation_id=c.pk, agent_id=a.pk, actor="admin"
+            ),
         )
 
         agent.refresh_from_db()
@@ -97,9 +101,9 @@ def test_two_dispatchers_never_give_one_agent_two_offers(escalate, make_agent, r
         recorded_jobs.clear()
 
         together(
-            lambda c=first: dispatch.conversation_dispatch(conversation_id=c.pk),
-            lambda c=second: dispatch.conversation_dispatch(conversation_id=c.pk),
-            lambda a=agent: dispatch.agent_dispatch(agent_id=a.pk),
+            lambda c=first: matching.conversation_dispatch(conversation_id=c.pk),
+            lambda c=second: matching.conversation_dispatch(conversation_id=c.pk),
+            lambda a=agent: matching.agent_dispatch(agent_id=a.pk),
         )
 
         assert Offer.objects.filter(agent=agent, state="pending").count() == 1
@@ -111,13 +115,13 @@ def test_resolve_racing_a_cancel_closes_once_and_frees_the_slot_once(escalate, m
     for _ in range(8):
         agent = make_agent()
         conversation, offer = offered(escalate, agent, recorded_jobs)
-        dispatch.offer_accept(offer_id=offer.pk, agent=agent)
+        dispatch_offers.offer_accept(offer_id=offer.pk, agent=agent)
 
         resolve, cancel = together(
-            lambda c=conversation, a=agent: dispatch.conversation_resolve(
+            lambda c=conversation, a=agent: conversations.conversation_resolve(
                 conversation_id=c.pk, agent=a, outcome="resolved"
             ),
-            lambda c=conversation: services.conversation_cancel(conversation_id=c.pk, actor="bot"),
+            lambda c=conversation: escalations.conversation_cancel(conversation_id=c.pk, actor="bot"),
         )
 
         conversation.refresh_from_db()
@@ -133,13 +137,13 @@ def test_a_reconnect_racing_the_end_of_grace_leaves_a_consistent_agent(escalate,
     for n in range(8):
         agent = make_agent()
         conversation, offer = offered(escalate, agent, recorded_jobs)
-        dispatch.offer_accept(offer_id=offer.pk, agent=agent)
-        dispatch.connection_open(agent_id=agent.pk, channel_name=f"old-{n}", server_id="s")
-        dispatch.connection_close(channel_name=f"old-{n}")
+        dispatch_offers.offer_accept(offer_id=offer.pk, agent=agent)
+        presence.connection_open(agent_id=agent.pk, channel_name=f"old-{n}", server_id="s")
+        presence.connection_close(channel_name=f"old-{n}")
 
         together(
-            lambda a=agent: dispatch.presence_release_if_gone(agent_id=a.pk),
-            lambda a=agent, n=n: dispatch.connection_open(agent_id=a.pk, channel_name=f"new-{n}", server_id="s"),
+            lambda a=agent: presence.presence_release_if_gone(agent_id=a.pk),
+            lambda a=agent, n=n: presence.connection_open(agent_id=a.pk, channel_name=f"new-{n}", server_id="s"),
         )
 
         agent.refresh_from_db()
@@ -155,12 +159,16 @@ def test_many_agents_and_conversations_at_once_never_assign_twice(integration, m
     settings.OFFER_TIMEOUT_SECONDS = 5
     agents = [make_agent(capacity=2) for _ in range(6)]
     for n in range(30):
-        services.conversation_escalate(integration=integration, data=services.EscalationInput(external_id=f"bulk-{n}"))
+        escalations.conversation_escalate(
+            integration=integration, data=services.EscalationInput(external_id=f"bulk-{n}")
+        )
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and Conversation.objects.filter(status__in=["queued", "offered"]).count() > 18:
         pending = list(Offer.objects.filter(state="pending").select_related("agent"))
-        together(*[lambda o=o: dispatch.offer_accept(offer_id=o.pk, agent=o.agent) for o in pending] or [lambda: None])
+        together(
+            *[lambda o=o: dispatch_offers.offer_accept(offer_id=o.pk, agent=o.agent) for o in pending] or [lambda: None]
+        )
         time.sleep(0.05)
 
     assigned = Conversation.objects.filter(status="assigned")

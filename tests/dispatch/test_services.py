@@ -7,9 +7,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from dispatch import selectors
-from dispatch import services as dispatch
+from dispatch import payloads, selectors
 from dispatch.models import AgentConnection, DispatchWeights, Offer, ServerHeartbeat
+from dispatch.services import conversations as dispatch_conversations
+from dispatch.services import errors as dispatch_errors
+from dispatch.services import escalations, matching, offers, presence
 from marketplace.models import Agent, CallbackEvent, Conversation
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -77,7 +79,7 @@ def test_skills_widen_after_the_configured_wait(escalate, make_agent, recorded_j
 
     a_minute_ago = timezone.now() - timedelta(seconds=61)
     Conversation.objects.filter(pk=conversation.pk).update(created_at=a_minute_ago, queued_at=a_minute_ago)
-    dispatch.dispatch_sweep()
+    matching.dispatch_sweep()
 
     assert offer_of(conversation).agent == generalist
 
@@ -96,7 +98,7 @@ def test_accept_assigns_and_tells_the_agent_and_the_bot(escalate, make_agent, re
     conversation = escalate(transcript=[{"role": "customer", "text": "help"}])
     recorded_jobs.run("dispatch_conversation")
 
-    dispatch.offer_accept(offer_id=offer_of(conversation).pk, agent=agent)
+    offers.offer_accept(offer_id=offer_of(conversation).pk, agent=agent)
 
     refresh(conversation, agent)
     assert conversation.status == "assigned" and conversation.assigned_agent == agent
@@ -113,7 +115,7 @@ def test_decline_passes_the_conversation_on_at_once(escalate, make_agent, record
     offer = offer_of(conversation)
     assert offer.agent_id == first.pk
 
-    dispatch.offer_decline(offer_id=offer.pk, agent=first, reason="not my area")
+    offers.offer_decline(offer_id=offer.pk, agent=first, reason="not my area")
     recorded_jobs.run("dispatch_conversation")
 
     assert offer_of(conversation).agent_id == second.pk
@@ -131,7 +133,7 @@ def test_expiry_passes_it_on_and_repeated_misses_set_the_agent_away(escalate, ma
         recorded_jobs.run("dispatch_conversation")
         offer = offer_of(conversation)
         Offer.objects.filter(pk=offer.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
-        assert dispatch.offer_expire(offer_id=offer.pk) is True
+        assert offers.offer_expire(offer_id=offer.pk) is True
         offer.refresh_from_db()
         assert offer.state == "expired"
         refresh(conversation)
@@ -148,7 +150,7 @@ def test_an_early_timer_does_not_expire_the_offer(escalate, make_agent, recorded
     conversation = escalate()
     recorded_jobs.run("dispatch_conversation")
     offer = offer_of(conversation)
-    assert dispatch.offer_expire(offer_id=offer.pk) is False
+    assert offers.offer_expire(offer_id=offer.pk) is False
     offer.refresh_from_db()
     assert offer.state == "pending"
 
@@ -160,7 +162,7 @@ def test_the_sweeper_expires_offers_whose_timer_was_lost(escalate, make_agent, r
     recorded_jobs.clear()  # the expiry timer is lost
     Offer.objects.filter(conversation=conversation).update(expires_at=timezone.now() - timedelta(seconds=1))
 
-    assert dispatch.offers_sweep() == 1
+    assert offers.offers_sweep() == 1
     assert Offer.objects.get(conversation=conversation).state == "expired"
 
 
@@ -171,7 +173,7 @@ def test_queue_order_is_priority_then_age_and_capacity_goes_to_the_head(escalate
     recorded_jobs.clear()
     agent = make_agent(online=False)
 
-    dispatch.agent_set_status(agent_id=agent.pk, status="online", actor="test")
+    presence.agent_set_status(agent_id=agent.pk, status="online", actor="test")
     recorded_jobs.run("dispatch_agent")
 
     assert offer_of(urgent).agent_id == agent.pk
@@ -184,12 +186,12 @@ def test_resolving_frees_the_slot_and_offers_the_next_at_once(escalate, make_age
     first = escalate()
     waiting = escalate()
     recorded_jobs.run("dispatch_conversation")
-    dispatch.offer_accept(offer_id=offer_of(first).pk, agent=agent)
+    offers.offer_accept(offer_id=offer_of(first).pk, agent=agent)
     recorded_jobs.run("dispatch_conversation")
     refresh(waiting)
     assert waiting.status == "queued"  # no room
 
-    dispatch.conversation_resolve(conversation_id=first.pk, agent=agent, outcome="resolved")
+    dispatch_conversations.conversation_resolve(conversation_id=first.pk, agent=agent, outcome="resolved")
     recorded_jobs.run("dispatch_agent")
 
     assert offer_of(waiting).agent_id == agent.pk
@@ -245,7 +247,7 @@ def test_going_away_withdraws_the_open_offer_and_passes_it_on(escalate, make_age
     offer = offer_of(conversation)
     assert offer.agent_id == agent.pk
 
-    dispatch.agent_set_status(agent_id=agent.pk, status="away", actor="test")
+    presence.agent_set_status(agent_id=agent.pk, status="away", actor="test")
     recorded_jobs.run("dispatch_conversation")
 
     offer.refresh_from_db()
@@ -256,8 +258,8 @@ def test_going_away_withdraws_the_open_offer_and_passes_it_on(escalate, make_age
 def test_only_approved_agents_go_online(make_agent):
     agent = make_agent(online=False)
     Agent.objects.filter(pk=agent.pk).update(approval="pending")
-    with pytest.raises(dispatch.NotApproved):
-        dispatch.agent_set_status(agent_id=agent.pk, status="online", actor="test")
+    with pytest.raises(dispatch_errors.NotApproved):
+        presence.agent_set_status(agent_id=agent.pk, status="online", actor="test")
 
 
 def test_disconnect_keeps_work_through_the_grace_period_then_requeues_at_the_front(
@@ -267,17 +269,17 @@ def test_disconnect_keeps_work_through_the_grace_period_then_requeues_at_the_fro
     agent = make_agent()
     older = escalate()
     recorded_jobs.run("dispatch_conversation")
-    dispatch.offer_accept(offer_id=offer_of(older).pk, agent=agent)
+    offers.offer_accept(offer_id=offer_of(older).pk, agent=agent)
     newer_waiting = escalate()
-    dispatch.connection_open(agent_id=agent.pk, channel_name="c1", server_id="s1")
-    dispatch.connection_close(channel_name="c1")
+    presence.connection_open(agent_id=agent.pk, channel_name="c1", server_id="s1")
+    presence.connection_close(channel_name="c1")
 
-    assert dispatch.presence_release_if_gone(agent_id=agent.pk) is False  # within grace
+    assert presence.presence_release_if_gone(agent_id=agent.pk) is False  # within grace
     refresh(older)
     assert older.status == "assigned"
 
     Agent.objects.filter(pk=agent.pk).update(disconnected_at=timezone.now() - timedelta(seconds=31))
-    assert dispatch.presence_release_if_gone(agent_id=agent.pk) is True
+    assert presence.presence_release_if_gone(agent_id=agent.pk) is True
 
     refresh(older, agent, newer_waiting)
     assert (agent.status, agent.active_count) == ("offline", 0)
@@ -291,10 +293,10 @@ def test_a_reconnect_within_grace_keeps_everything(escalate, make_agent, recorde
     agent = make_agent()
     conversation = escalate()
     recorded_jobs.run("dispatch_conversation")
-    dispatch.offer_accept(offer_id=offer_of(conversation).pk, agent=agent)
-    dispatch.connection_open(agent_id=agent.pk, channel_name="c1", server_id="s1")
-    dispatch.connection_close(channel_name="c1")
-    dispatch.connection_open(agent_id=agent.pk, channel_name="c2", server_id="s2")
+    offers.offer_accept(offer_id=offer_of(conversation).pk, agent=agent)
+    presence.connection_open(agent_id=agent.pk, channel_name="c1", server_id="s1")
+    presence.connection_close(channel_name="c1")
+    presence.connection_open(agent_id=agent.pk, channel_name="c2", server_id="s2")
     Agent.objects.filter(pk=agent.pk).update(disconnected_at=None)
 
     recorded_jobs.run("release_if_gone")
@@ -306,10 +308,10 @@ def test_a_reconnect_within_grace_keeps_everything(escalate, make_agent, recorde
 def test_a_dead_web_process_is_noticed_through_its_heartbeat(make_agent, recorded_jobs, settings):
     settings.SERVER_DEAD_AFTER_SECONDS = 20
     agent = make_agent()
-    dispatch.connection_open(agent_id=agent.pk, channel_name="c1", server_id="dead-server")
+    presence.connection_open(agent_id=agent.pk, channel_name="c1", server_id="dead-server")
     ServerHeartbeat.objects.create(server_id="dead-server", seen_at=timezone.now() - timedelta(seconds=30))
 
-    assert dispatch.presence_sweep() == 1
+    assert presence.presence_sweep() == 1
 
     assert not AgentConnection.objects.exists()
     agent.refresh_from_db()
@@ -320,10 +322,12 @@ def test_admin_reassign_moves_the_conversation(escalate, make_agent, recorded_jo
     first = make_agent()
     conversation = escalate()
     recorded_jobs.run("dispatch_conversation")
-    dispatch.offer_accept(offer_id=offer_of(conversation).pk, agent=first)
+    offers.offer_accept(offer_id=offer_of(conversation).pk, agent=first)
     second = make_agent()
 
-    dispatch.conversation_reassign(conversation_id=conversation.pk, agent_id=second.pk, actor="admin:root")
+    dispatch_conversations.conversation_reassign(
+        conversation_id=conversation.pk, agent_id=second.pk, actor="admin:root"
+    )
 
     refresh(conversation, first, second)
     assert conversation.assigned_agent == second
@@ -334,9 +338,9 @@ def test_admin_force_offline_requeues_the_agents_work(escalate, make_agent, reco
     agent = make_agent()
     conversation = escalate()
     recorded_jobs.run("dispatch_conversation")
-    dispatch.offer_accept(offer_id=offer_of(conversation).pk, agent=agent)
+    offers.offer_accept(offer_id=offer_of(conversation).pk, agent=agent)
 
-    dispatch.agent_force_offline(agent_id=agent.pk, actor="admin:root")
+    presence.agent_force_offline(agent_id=agent.pk, actor="admin:root")
 
     refresh(conversation, agent)
     assert agent.status == "offline"
@@ -347,24 +351,22 @@ def test_queue_updates_are_pushed_when_the_position_changes_and_throttled(escala
     settings.QUEUE_UPDATE_MIN_SECONDS = 15
     first, second = escalate(), escalate()
     Conversation.objects.update(notified_at=timezone.now() - timedelta(seconds=60))
-    assert dispatch.queue_updates_push() == 0  # nothing changed
+    assert escalations.queue_updates_push() == 0  # nothing changed
 
-    from marketplace import services
-
-    services.conversation_cancel(conversation_id=first.pk, actor="bot")
-    assert dispatch.queue_updates_push() == 1
+    escalations.conversation_cancel(conversation_id=first.pk, actor="bot")
+    assert escalations.queue_updates_push() == 1
     second.refresh_from_db()
     assert second.notified_position == 1
 
     Conversation.objects.filter(pk=second.pk).update(notified_position=7)  # changed, but told just now
-    assert dispatch.queue_updates_push() == 0
+    assert escalations.queue_updates_push() == 0
 
 
 def test_an_agent_with_room_left_is_offered_the_next_one_after_accepting(escalate, make_agent, recorded_jobs):
     agent = make_agent(capacity=2)
     first, second = escalate(), escalate()
     recorded_jobs.run("dispatch_conversation")
-    dispatch.offer_accept(offer_id=offer_of(first).pk, agent=agent)
+    offers.offer_accept(offer_id=offer_of(first).pk, agent=agent)
 
     recorded_jobs.run("dispatch_agent")
 
@@ -377,10 +379,10 @@ def test_the_sweeper_repairs_a_lost_dispatch_but_leaves_fresh_ones_alone(escalat
     conversation = escalate()
     recorded_jobs.clear()  # its dispatch job is lost
 
-    assert dispatch.dispatch_sweep() == 0  # too fresh: its own job may still be on its way
+    assert matching.dispatch_sweep() == 0  # too fresh: its own job may still be on its way
 
     Conversation.objects.filter(pk=conversation.pk).update(queued_at=timezone.now() - timedelta(seconds=3))
-    assert dispatch.dispatch_sweep() == 1
+    assert matching.dispatch_sweep() == 1
     assert offer_of(conversation).agent_id == agent.pk
 
 
@@ -390,9 +392,7 @@ def test_an_agent_whose_offer_is_withdrawn_by_a_cancel_gets_other_work(escalate,
     recorded_jobs.run("dispatch_conversation")
     assert offer_of(first).agent_id == agent.pk
 
-    from marketplace import services
-
-    services.conversation_cancel(conversation_id=first.pk, actor="bot")
+    escalations.conversation_cancel(conversation_id=first.pk, actor="bot")
     recorded_jobs.run("dispatch_agent")
 
     assert offer_of(waiting).agent_id == agent.pk
@@ -402,20 +402,20 @@ def test_hello_says_why_the_server_set_the_status_until_the_agent_picks_one(make
     """Issue 11.11: an agent released after the grace period had no socket to hear `presence`; `hello` tells it."""
     settings.PRESENCE_GRACE_SECONDS = 30
     agent = make_agent()
-    dispatch.connection_open(agent_id=agent.pk, channel_name="c1", server_id="s1")
-    dispatch.connection_close(channel_name="c1")
+    presence.connection_open(agent_id=agent.pk, channel_name="c1", server_id="s1")
+    presence.connection_close(channel_name="c1")
     Agent.objects.filter(pk=agent.pk).update(disconnected_at=timezone.now() - timedelta(seconds=31))
-    assert dispatch.presence_release_if_gone(agent_id=agent.pk) is True
+    assert presence.presence_release_if_gone(agent_id=agent.pk) is True
 
-    hello = dispatch.hello_payload(agent.pk)
+    hello = payloads.hello_payload(agent.pk)
     assert (hello["status"], hello["status_reason"]) == ("offline", "disconnected")
 
     # The agent picks a status itself: no server reason any more.
-    dispatch.agent_set_status(agent_id=agent.pk, status="away", actor=f"agent:{agent.pk}")
-    assert dispatch.hello_payload(agent.pk)["status_reason"] is None
+    presence.agent_set_status(agent_id=agent.pk, status="away", actor=f"agent:{agent.pk}")
+    assert payloads.hello_payload(agent.pk)["status_reason"] is None
     # An operator's force offline is remembered too.
-    dispatch.agent_force_offline(agent_id=agent.pk, actor="admin:ops")
-    assert dispatch.hello_payload(agent.pk)["status_reason"] == "operator"
+    presence.agent_force_offline(agent_id=agent.pk, actor="admin:ops")
+    assert payloads.hello_payload(agent.pk)["status_reason"] == "operator"
 
 
 def vanished_with_work(escalate, make_agent, recorded_jobs, *, assigned: int, offered: bool) -> tuple:
@@ -424,13 +424,13 @@ def vanished_with_work(escalate, make_agent, recorded_jobs, *, assigned: int, of
     conversations = []
     for _ in range(assigned + int(offered)):
         conversation = escalate()
-        offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
+        offer = offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
         if len(conversations) < assigned:
-            dispatch.offer_accept(offer_id=offer.pk, agent=agent)
+            offers.offer_accept(offer_id=offer.pk, agent=agent)
         conversations.append(conversation)
     recorded_jobs.clear()
-    dispatch.connection_open(agent_id=agent.pk, channel_name=f"phone-{agent.pk}", server_id="web-1")
-    dispatch.connection_close(channel_name=f"phone-{agent.pk}")
+    presence.connection_open(agent_id=agent.pk, channel_name=f"phone-{agent.pk}", server_id="web-1")
+    presence.connection_close(channel_name=f"phone-{agent.pk}")
     Agent.objects.filter(pk=agent.pk).update(disconnected_at=timezone.now() - timedelta(seconds=45))
     return agent, conversations
 
@@ -449,10 +449,10 @@ def test_the_release_of_a_vanished_agent_is_all_or_nothing_and_the_sweeper_retri
             raise RuntimeError("the database refused a write")
         return notify(conversation, **kwargs)
 
-    notify = dispatch.conversation_notify_queued
-    monkeypatch.setattr(dispatch, "conversation_notify_queued", fail_on_the_second)
+    notify = dispatch_conversations.conversation_notify_queued
+    monkeypatch.setattr(dispatch_conversations, "conversation_notify_queued", fail_on_the_second)
     with pytest.raises(RuntimeError):
-        dispatch.presence_release_if_gone(agent_id=agent.pk)
+        presence.presence_release_if_gone(agent_id=agent.pk)
 
     refresh(agent, first, second, offered)  # nothing changed
     assert (agent.status, agent.active_count, agent.disconnected_at is not None) == ("online", 2, True)
@@ -460,8 +460,8 @@ def test_the_release_of_a_vanished_agent_is_all_or_nothing_and_the_sweeper_retri
     assert all(c.assignments.filter(ended_at=None).exists() for c in (first, second))
     assert offer_of(offered).agent_id == agent.pk
 
-    monkeypatch.setattr(dispatch, "conversation_notify_queued", notify)
-    dispatch.presence_sweep()  # the next sweep does it all
+    monkeypatch.setattr(dispatch_conversations, "conversation_notify_queued", notify)
+    presence.presence_sweep()  # the next sweep does it all
 
     refresh(agent, first, second, offered)
     assert (agent.status, agent.active_count, agent.disconnected_at) == ("offline", 0, None)
@@ -476,15 +476,15 @@ def test_one_release_that_fails_does_not_stop_the_sweep_for_the_others(
     settings.PRESENCE_GRACE_SECONDS = 30
     broken, (stuck,) = vanished_with_work(escalate, make_agent, recorded_jobs, assigned=1, offered=False)
     other, (moved,) = vanished_with_work(escalate, make_agent, recorded_jobs, assigned=1, offered=False)
-    notify = dispatch.conversation_notify_queued
+    notify = dispatch_conversations.conversation_notify_queued
 
     def fail_for_one(conversation, **kwargs):
         if conversation.pk == stuck.pk:
             raise RuntimeError("the database refused a write")
         return notify(conversation, **kwargs)
 
-    monkeypatch.setattr(dispatch, "conversation_notify_queued", fail_for_one)
-    dispatch.presence_sweep()
+    monkeypatch.setattr(dispatch_conversations, "conversation_notify_queued", fail_for_one)
+    presence.presence_sweep()
 
     refresh(broken, other, stuck, moved)
     assert (broken.status, stuck.status) == ("online", "assigned")  # left for the next sweep

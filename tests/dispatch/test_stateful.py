@@ -43,8 +43,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 from rest_framework.exceptions import APIException
 
-from dispatch import services as dispatch
 from dispatch.models import AgentConnection, Assignment, Offer
+from dispatch.services import conversations, escalations, matching, presence
+from dispatch.services import errors as dispatch_errors
+from dispatch.services import offers as dispatch_offers
 from marketplace import selectors, services
 from marketplace.models import Agent, CallbackEvent, Conversation
 
@@ -221,18 +223,18 @@ class Marketplace(RuleBasedStateMachine):
         self.channels += 1
         channel = f"ws-{self.channels}"
         try:
-            dispatch.connection_open(agent_id=agent_id, channel_name=channel, server_id="web-1")
-        except dispatch.TooManySockets:  # the socket is closed with 4409; nothing else changes
+            presence.connection_open(agent_id=agent_id, channel_name=channel, server_id="web-1")
+        except dispatch_errors.TooManySockets:  # the socket is closed with 4409; nothing else changes
             assert len(self.sockets[agent_id]) >= django_settings.AGENT_MAX_SOCKETS
             return
         self.sockets[agent_id].append(channel)
-        self.agent_does(dispatch.agent_set_status, agent_id=agent_id, status="online", actor=f"agent:{agent_id}")
+        self.agent_does(presence.agent_set_status, agent_id=agent_id, status="online", actor=f"agent:{agent_id}")
 
     @rule(pick=PICK, status=st.sampled_from(["online", "away", "offline"]))
     @settles
     def presence(self, pick: int, status: str) -> None:
         agent_id = self.agent(pick)
-        self.agent_does(dispatch.agent_set_status, agent_id=agent_id, status=status, actor=f"agent:{agent_id}")
+        self.agent_does(presence.agent_set_status, agent_id=agent_id, status=status, actor=f"agent:{agent_id}")
 
     @rule(pick=PICK)
     @settles
@@ -240,7 +242,7 @@ class Marketplace(RuleBasedStateMachine):
         """The phone loses its connection: every socket of the agent closes; the grace period starts."""
         agent_id = self.agent(pick)
         for channel in self.sockets[agent_id]:
-            dispatch.connection_close(channel_name=channel)
+            presence.connection_close(channel_name=channel)
         self.sockets[agent_id] = []
 
     @rule(pick=PICK)
@@ -251,7 +253,7 @@ class Marketplace(RuleBasedStateMachine):
         if not offers:
             return
         offer = offers[pick % len(offers)]
-        self.agent_does(dispatch.offer_accept, offer_id=offer.pk, agent=offer.agent)
+        self.agent_does(dispatch_offers.offer_accept, offer_id=offer.pk, agent=offer.agent)
 
     @rule(pick=PICK, offer_pick=PICK)
     @settles
@@ -261,7 +263,7 @@ class Marketplace(RuleBasedStateMachine):
         if not offers:
             return
         agent = Agent.objects.get(pk=self.agent(pick))
-        self.agent_does(dispatch.offer_accept, offer_id=offers[offer_pick % len(offers)], agent=agent)
+        self.agent_does(dispatch_offers.offer_accept, offer_id=offers[offer_pick % len(offers)], agent=agent)
 
     @rule(pick=PICK)
     @settles
@@ -270,7 +272,7 @@ class Marketplace(RuleBasedStateMachine):
         if not offers:
             return
         offer = offers[pick % len(offers)]
-        self.agent_does(dispatch.offer_decline, offer_id=offer.pk, agent=offer.agent, reason="busy")
+        self.agent_does(dispatch_offers.offer_decline, offer_id=offer.pk, agent=offer.agent, reason="busy")
 
     @precondition(lambda self: self.conversations)
     @rule(pick=PICK, conversation_pick=PICK, outcome=st.sampled_from(["resolved", "unresolved"]), own=st.booleans())
@@ -285,7 +287,9 @@ class Marketplace(RuleBasedStateMachine):
             conversation_id = target.pk
         else:
             agent, conversation_id = Agent.objects.get(pk=self.agent(pick)), self.conversation(conversation_pick)
-        self.agent_does(dispatch.conversation_resolve, conversation_id=conversation_id, agent=agent, outcome=outcome)
+        self.agent_does(
+            conversations.conversation_resolve, conversation_id=conversation_id, agent=agent, outcome=outcome
+        )
 
     @precondition(lambda self: self.conversations)
     @rule(pick=PICK, conversation_pick=PICK)
@@ -293,7 +297,7 @@ class Marketplace(RuleBasedStateMachine):
     def agent_message(self, pick: int, conversation_pick: int) -> None:
         agent = Agent.objects.get(pk=self.agent(pick))
         self.agent_does(
-            dispatch.conversation_add_agent_message,
+            conversations.conversation_add_agent_message,
             conversation_id=self.conversation(conversation_pick),
             agent=agent,
             text="On it.",
@@ -307,7 +311,7 @@ class Marketplace(RuleBasedStateMachine):
     @settles
     def admin_requeue(self, pick: int, front: bool) -> None:
         self.agent_does(
-            dispatch.conversation_requeue,
+            conversations.conversation_requeue,
             conversation_id=self.conversation(pick),
             actor="admin:root",
             reason="requeued",
@@ -319,7 +323,7 @@ class Marketplace(RuleBasedStateMachine):
     @settles
     def admin_reassign(self, pick: int, agent_pick: int) -> None:
         self.agent_does(
-            dispatch.conversation_reassign,
+            conversations.conversation_reassign,
             conversation_id=self.conversation(pick),
             agent_id=self.agent(agent_pick),
             actor="admin:root",
@@ -328,7 +332,7 @@ class Marketplace(RuleBasedStateMachine):
     @rule(pick=PICK)
     @settles
     def admin_suspend(self, pick: int) -> None:
-        self.agent_does(dispatch.agent_suspend, agent_id=self.agent(pick), actor="admin:root")
+        self.agent_does(presence.agent_suspend, agent_id=self.agent(pick), actor="admin:root")
 
     @rule(pick=PICK)
     @settles
@@ -338,7 +342,7 @@ class Marketplace(RuleBasedStateMachine):
     @rule(pick=PICK)
     @settles
     def admin_force_offline(self, pick: int) -> None:
-        self.agent_does(dispatch.agent_force_offline, agent_id=self.agent(pick), actor="admin:root")
+        self.agent_does(presence.agent_force_offline, agent_id=self.agent(pick), actor="admin:root")
 
     # --- time, sweepers and background jobs --------------------------------------------
 
@@ -363,10 +367,10 @@ class Marketplace(RuleBasedStateMachine):
             if (timezone.now() - disconnected_at).total_seconds() > grace
             and not AgentConnection.objects.filter(agent_id=agent_id).exists()
         ]
-        dispatch.presence_sweep()
-        dispatch.offers_sweep()
-        dispatch.dispatch_sweep()
-        dispatch.queue_updates_push()
+        presence.presence_sweep()
+        dispatch_offers.offers_sweep()
+        matching.dispatch_sweep()
+        escalations.queue_updates_push()
         for agent in Agent.objects.filter(pk__in=gone):  # released whole: offline, with nothing left on it
             assert (agent.status, agent.disconnected_at, agent.active_count) == ("offline", None, 0)
             assert not Offer.objects.filter(agent=agent, state="pending").exists()

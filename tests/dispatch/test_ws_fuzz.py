@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
 
-from dispatch import services as dispatch
 from dispatch.models import Offer
+from dispatch.services import escalations, offers
 from marketplace import services
 from marketplace.models import Agent, Conversation, Message
 
@@ -42,18 +42,18 @@ def two_agents(make_agent, integration, recorded_jobs, settings):
     Background jobs are recorded, not run: no dispatcher hands these out, no timer expires Bert's offer."""
 
     def escalate(external_id: str) -> Conversation:
-        conversation, _ = services.conversation_escalate(
+        conversation, _ = escalations.conversation_escalate(
             integration=integration, data=services.EscalationInput(external_id=external_id)
         )
         return conversation
 
     anna, bert = make_agent(username="anna", capacity=3), make_agent(username="bert", capacity=3)
     own = escalate("anna-1")
-    dispatch.offer_accept(offer_id=dispatch.offer_create(conversation_id=own.pk, agent_id=anna.pk).pk, agent=anna)
+    offers.offer_accept(offer_id=offers.offer_create(conversation_id=own.pk, agent_id=anna.pk).pk, agent=anna)
     theirs = escalate("bert-1")
-    dispatch.offer_accept(offer_id=dispatch.offer_create(conversation_id=theirs.pk, agent_id=bert.pk).pk, agent=bert)
+    offers.offer_accept(offer_id=offers.offer_create(conversation_id=theirs.pk, agent_id=bert.pk).pk, agent=bert)
     offered = escalate("bert-2")
-    offer = dispatch.offer_create(conversation_id=offered.pk, agent_id=bert.pk)
+    offer = offers.offer_create(conversation_id=offered.pk, agent_id=bert.pk)
     return anna, bert, own, theirs, offer
 
 
@@ -172,7 +172,7 @@ async def test_another_agents_ids_change_nothing(two_agents, online_socket):
     hello = json.dumps(next(m for m in socket.seen if m["type"] == "hello"))
     assert theirs.pk not in hello and offer.pk not in hello and offer.conversation_id not in hello
     bert_socket = await online_socket(bert, go_online=False)
-    await sync_to_async(services.conversation_add_customer_message)(
+    await sync_to_async(escalations.conversation_add_customer_message)(
         conversation=theirs, text="for Bert only", external_message_id=None
     )
     await bert_socket.expect("message")  # delivered to Bert: it would have reached Anna by now too

@@ -18,7 +18,7 @@ from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from dispatch import services as dispatch_services
+from dispatch.services import presence
 from marketplace.models import Agent
 
 from ..processes import AgentClient, daphne, service_env
@@ -89,7 +89,7 @@ def test_a_suspension_closes_the_agents_sockets_on_every_process(two_processes, 
     clients = sockets_on_both(two_processes, token)
     # when: an admin suspends the agent (the admin action's service)
     since = time.monotonic()
-    dispatch_services.agent_suspend(agent_id=agent.pk, actor="admin:test")
+    presence.agent_suspend(agent_id=agent.pk, actor="admin:test")
     # then: every socket, on both processes, closes within 5 s
     assert_all_revoked(wait_closed(clients, since))
     assert Agent.objects.get(pk=agent.pk).approval == Agent.Approval.SUSPENDED

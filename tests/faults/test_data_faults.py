@@ -524,12 +524,12 @@ def test_stripe_and_the_bots_endpoint_failing_and_hanging_pay_once_and_deliver_i
 def test_a_request_that_loses_its_database_connection_is_a_503_to_retry(bot, monkeypatch):
     from django.db import OperationalError
 
-    from marketplace import services
+    from dispatch.services import escalations
 
     def lost(**kwargs: Any) -> None:
         raise OperationalError("terminating connection due to administrator command")
 
-    monkeypatch.setattr(services, "conversation_escalate", lost)
+    monkeypatch.setattr(escalations, "conversation_escalate", lost)
     response = bot.escalate("lost-1")
 
     assert response.status_code == 503

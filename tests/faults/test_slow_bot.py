@@ -23,6 +23,7 @@ import pytest
 from django.db.models import Max
 from django.utils import timezone
 
+from dispatch.services import escalations
 from marketplace import services
 from marketplace.models import BotIntegration, CallbackEvent
 from payouts.models import Transfer
@@ -87,7 +88,7 @@ def dripping_bot(make_integration: Any) -> Iterator[tuple[BotIntegration, DripSe
 
 def escalate_many(integration: BotIntegration, count: int) -> None:
     for n in range(count):
-        services.conversation_escalate(
+        escalations.conversation_escalate(
             integration=integration, data=services.EscalationInput(external_id=f"d{n}", language="fi")
         )
 
@@ -103,7 +104,7 @@ def healthy_callback_seconds(healthy: BotIntegration, receiver: CallbackReceiver
     before = len(receiver.ok())
     started = time.monotonic()
     # In a language the test's agent does not speak: it stays free for the conversation `resolve` makes.
-    services.conversation_escalate(
+    escalations.conversation_escalate(
         integration=healthy, data=services.EscalationInput(external_id=external_id, language="fi")
     )
     wait_for(lambda: len(receiver.ok()) > before, timeout=30, interval=0.01)

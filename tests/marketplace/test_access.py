@@ -18,7 +18,7 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from dispatch import services as dispatch_services
+from dispatch.services import presence
 from marketplace.models import Agent
 
 from ..processes import ROOT, service_env
@@ -129,7 +129,7 @@ def test_a_suspended_agent_keeps_no_rest_access(make_agent, client):
     client.force_login(agent.user)
     assert client.get("/api/v1/agent/me").status_code == 200
     # when: an admin suspends the agent
-    dispatch_services.agent_suspend(agent_id=agent.pk, actor="admin:test")
+    presence.agent_suspend(agent_id=agent.pk, actor="admin:test")
     # then: neither its token nor its session works, and it cannot get a new token
     assert me(token)[0] == 401
     response = client.get("/api/v1/agent/me")

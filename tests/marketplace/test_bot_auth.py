@@ -11,8 +11,8 @@ import time
 import pytest
 from django.urls import get_resolver, resolve
 
+from dispatch.bot_api import BotApi
 from marketplace import signing
-from marketplace.api import BotApi
 from marketplace.models import Conversation
 
 pytestmark = pytest.mark.django_db

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
+from dispatch.services import escalations
 from marketplace import callbacks, services
 from marketplace.models import BotIntegration, CallbackAttempt, CallbackEvent, Conversation
 
@@ -79,7 +80,7 @@ def deliver_now(recorded_jobs: Any) -> Any:
     """Escalate for an integration and deliver its first event in this thread (jobs are not run by themselves)."""
 
     def run(integration: BotIntegration, external_id: str = "c-1") -> tuple[CallbackEvent, float]:
-        conversation, _ = services.conversation_escalate(
+        conversation, _ = escalations.conversation_escalate(
             integration=integration, data=services.EscalationInput(external_id=external_id)
         )
         started = time.monotonic()
@@ -92,7 +93,7 @@ def deliver_now(recorded_jobs: Any) -> Any:
 def test_a_dripping_endpoint_is_cut_at_the_total_deadline(make_integration, limits, recorded_jobs):
     with local_http_server(Drip) as base:
         integration = make_integration(callback_url=f"{base}/cb")
-        conversation, _ = services.conversation_escalate(
+        conversation, _ = escalations.conversation_escalate(
             integration=integration, data=services.EscalationInput(external_id="drip")
         )
         worker = threading.Thread(target=callbacks.callbacks_deliver, kwargs={"conversation_id": conversation.pk})
@@ -134,7 +135,7 @@ def test_an_event_whose_last_attempt_never_reported_back_is_dead_not_tried_again
 ):
     integration.callback_url = callback_receiver.url
     integration.save()
-    conversation, _ = services.conversation_escalate(
+    conversation, _ = escalations.conversation_escalate(
         integration=integration, data=services.EscalationInput(external_id="lost-last")
     )
     # Given: the worker of the last allowed attempt died holding the lease.
@@ -294,7 +295,9 @@ def test_a_delivery_over_the_limit_waits_without_spending_an_attempt(make_integr
     limits.CALLBACK_MAX_IN_FLIGHT_PER_INTEGRATION = 2
     integration = make_integration()
     conversations = [
-        services.conversation_escalate(integration=integration, data=services.EscalationInput(external_id=f"b{n}"))[0]
+        escalations.conversation_escalate(integration=integration, data=services.EscalationInput(external_id=f"b{n}"))[
+            0
+        ]
         for n in range(3)
     ]
     # Two deliveries of this bot are in flight (claimed, not yet answered).

@@ -11,6 +11,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from dispatch.services import escalations
 from marketplace import callbacks, services
 from marketplace.models import CallbackEvent
 
@@ -41,7 +42,7 @@ def test_racing_claims_never_put_more_than_the_limit_of_one_bot_in_flight(make_i
     settings.CALLBACK_MAX_IN_FLIGHT_PER_INTEGRATION = 2
     integration = make_integration()
     ids = [
-        services.conversation_escalate(integration=integration, data=services.EscalationInput(external_id=f"r{n}"))[
+        escalations.conversation_escalate(integration=integration, data=services.EscalationInput(external_id=f"r{n}"))[
             0
         ].pk
         for n in range(12)
@@ -61,7 +62,7 @@ def test_racing_claims_never_put_more_than_the_limit_of_one_bot_in_flight(make_i
 
 def test_racing_deliveries_of_one_event_never_go_past_its_maximum(integration, settings, lost_tasks):
     settings.CALLBACK_MAX_ATTEMPTS = 3
-    conversation, _ = services.conversation_escalate(
+    conversation, _ = escalations.conversation_escalate(
         integration=integration, data=services.EscalationInput(external_id="last")
     )
     CallbackEvent.objects.update(attempts=2)  # two attempts failed already

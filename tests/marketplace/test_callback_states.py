@@ -20,6 +20,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from dispatch.services import escalations
 from marketplace import callbacks, services
 from marketplace.models import BotIntegration, CallbackAttempt, CallbackEvent
 
@@ -40,7 +41,7 @@ class Deliveries(RuleBasedStateMachine):
     @rule(bot=st.integers(0, 1), events=st.integers(1, 3))
     def escalate(self, bot: int, events: int) -> None:
         self.count += 1
-        conversation, _ = services.conversation_escalate(
+        conversation, _ = escalations.conversation_escalate(
             integration=self.bots[bot], data=services.EscalationInput(external_id=f"sm-{self.count}")
         )
         for n in range(events - 1):  # more events of the conversation, in order behind the first

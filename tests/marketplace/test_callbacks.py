@@ -192,10 +192,11 @@ def test_backoff_grows_and_is_jittered(settings):
 def test_nothing_is_sent_for_a_rolled_back_change(receiving_bot, callback_receiver, fast_retries):
     from django.db import transaction
 
+    from dispatch.services import escalations
     from marketplace import services
 
     with pytest.raises(RuntimeError), transaction.atomic():
-        services.conversation_escalate(
+        escalations.conversation_escalate(
             integration=receiving_bot.integration, data=services.EscalationInput(external_id="rolled-back")
         )
         raise RuntimeError("the request failed after the write")

@@ -8,7 +8,7 @@ import re
 import pytest
 from django.test import override_settings
 
-from dispatch import services as dispatch
+from dispatch.services import conversations, offers
 from marketplace.models import CallbackEvent, Conversation, ConversationEvent, Message
 
 from ..conftest import BotClient
@@ -33,8 +33,8 @@ ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 def assign(conversation_id: str, agent) -> Conversation:
     """Given: the conversation offered to and accepted by `agent`."""
-    offer = dispatch.offer_create(conversation_id=conversation_id, agent_id=agent.pk)
-    return dispatch.offer_accept(offer_id=offer.pk, agent=agent)
+    offer = offers.offer_create(conversation_id=conversation_id, agent_id=agent.pk)
+    return offers.offer_accept(offer_id=offer.pk, agent=agent)
 
 
 def test_escalation_is_created_queued_with_the_contracts_shape(bot):
@@ -200,7 +200,7 @@ def test_message_to_a_closed_conversation_is_409(bot):
 def test_cancel_withdraws_the_offer_and_is_idempotent(bot, make_agent):
     agent = make_agent()
     conversation_id = bot.escalate("c").json()["id"]
-    offer = dispatch.offer_create(conversation_id=conversation_id, agent_id=agent.pk)
+    offer = offers.offer_create(conversation_id=conversation_id, agent_id=agent.pk)
 
     first = bot.post(f"/api/v1/escalations/{conversation_id}/cancel")
     again = bot.post(f"/api/v1/escalations/{conversation_id}/cancel")
@@ -235,7 +235,7 @@ def test_rating_before_resolution_is_409_then_201_once(bot, make_agent):
     assert early.json()["error"]["code"] == "not_resolved"
 
     assign(conversation_id, agent)
-    dispatch.conversation_resolve(conversation_id=conversation_id, agent=agent, outcome="resolved")
+    conversations.conversation_resolve(conversation_id=conversation_id, agent=agent, outcome="resolved")
     rated = bot.post(path, {"score": 4, "comment": "quick and kind"})
     twice = bot.post(path, {"score": 1})
 
@@ -260,7 +260,7 @@ def test_cancel_after_resolution_is_200_and_changes_nothing(bot, make_agent):
     agent = make_agent()
     conversation_id = bot.escalate("x").json()["id"]
     assign(conversation_id, agent)
-    dispatch.conversation_resolve(conversation_id=conversation_id, agent=agent, outcome="resolved")
+    conversations.conversation_resolve(conversation_id=conversation_id, agent=agent, outcome="resolved")
     response = bot.post(f"/api/v1/escalations/{conversation_id}/cancel")
     assert response.status_code == 200
     assert response.json()["status"] == "resolved"

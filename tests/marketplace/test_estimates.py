@@ -8,6 +8,7 @@ import pytest
 from django.core.cache import cache
 from django.utils import timezone
 
+from dispatch.services import escalations
 from marketplace import selectors, services
 from marketplace.models import Conversation
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.django_db
 
 
 def escalate(integration, external_id: str, **fields) -> Conversation:
-    conversation, _ = services.conversation_escalate(
+    conversation, _ = escalations.conversation_escalate(
         integration=integration, data=services.EscalationInput(external_id=external_id, **fields)
     )
     return conversation
@@ -49,14 +50,15 @@ def test_beyond_free_capacity_it_waits_for_handle_time_over_slots(integration, m
 
 def handled(integration, agent, clock, external_id: str, *, answer: float, handle: float, outcome="resolved"):
     """A conversation offered to the agent, accepted after `answer` s and closed after `handle` s more."""
-    from dispatch import services as dispatch
+    from dispatch.services import conversations as dispatch_conversations
+    from dispatch.services import offers
 
     conversation = escalate(integration, external_id)
-    offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
+    offer = offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
     clock.advance(answer)
-    dispatch.offer_accept(offer_id=offer.pk, agent=agent)
+    offers.offer_accept(offer_id=offer.pk, agent=agent)
     clock.advance(handle)
-    dispatch.conversation_resolve(conversation_id=conversation.pk, agent=agent, outcome=outcome)
+    dispatch_conversations.conversation_resolve(conversation_id=conversation.pk, agent=agent, outcome=outcome)
     cache.clear()  # the means are cached for 10 s
     return conversation
 
@@ -72,33 +74,37 @@ def test_handle_and_answer_times_come_from_each_offer_and_assignment(integration
 
 
 def test_a_spell_cut_short_by_a_requeue_is_not_a_handle_time(integration, make_agent, clock, settings):
-    from dispatch import services as dispatch
+    from dispatch.services import conversations as dispatch_conversations
+    from dispatch.services import offers
 
     settings.DEFAULT_HANDLE_SECONDS = 999
     agent = make_agent()
     handled(integration, agent, clock, "a", answer=5, handle=100)
     conversation = escalate(integration, "b")
-    offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
-    dispatch.offer_accept(offer_id=offer.pk, agent=agent)
+    offer = offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
+    offers.offer_accept(offer_id=offer.pk, agent=agent)
     clock.advance(3000)
-    dispatch.conversation_requeue(conversation_id=conversation.pk, actor="admin:root", reason="requeued")
+    dispatch_conversations.conversation_requeue(conversation_id=conversation.pk, actor="admin:root", reason="requeued")
     cache.clear()
     assert selectors.handle_seconds() == pytest.approx(100, abs=1)
 
 
 def test_an_offer_again_after_the_assignment_leaves_the_answer_time_alone(integration, make_agent, clock, settings):
     """The conversation's own offered_at/assigned_at are overwritten by later events; the offers are not."""
-    from dispatch import services as dispatch
+    from dispatch.services import conversations as dispatch_conversations
+    from dispatch.services import escalations, offers
 
     first, second = make_agent(), make_agent()
     conversation = escalate(integration, "a")
-    offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=first.pk)
+    offer = offers.offer_create(conversation_id=conversation.pk, agent_id=first.pk)
     clock.advance(4)
-    dispatch.offer_accept(offer_id=offer.pk, agent=first)
+    offers.offer_accept(offer_id=offer.pk, agent=first)
     clock.advance(600)
-    dispatch.conversation_requeue(conversation_id=conversation.pk, actor="system", reason="agent_disconnected")
-    dispatch.offer_create(conversation_id=conversation.pk, agent_id=second.pk)  # offered after it was assigned
-    services.conversation_cancel(conversation_id=conversation.pk, actor="bot")
+    dispatch_conversations.conversation_requeue(
+        conversation_id=conversation.pk, actor="system", reason="agent_disconnected"
+    )
+    offers.offer_create(conversation_id=conversation.pk, agent_id=second.pk)  # offered after it was assigned
+    escalations.conversation_cancel(conversation_id=conversation.pk, actor="bot")
     cache.clear()
     assert selectors.answer_seconds() == pytest.approx(4, abs=1)
     assert selectors.wait_estimate(escalate(integration, "b")).seconds in (4, 5)  # rounded up
@@ -135,21 +141,21 @@ def test_a_phone_offline_45s_then_a_cancel_keeps_the_next_escalation_working(
     """Issue 11.1 as reported: one agent's phone loses its connection for 45 s (past the 30 s grace),
     its conversation is offered again after the reconnect, the customer leaves; the next escalation
     used to answer 500 (a negative wait estimate broke the check on notified_wait_seconds)."""
-    from dispatch import services as dispatch
     from dispatch.models import Offer
+    from dispatch.services import escalations, offers, presence
 
     settings.PRESENCE_GRACE_SECONDS = 30
     agent = make_agent()
     first = bot.escalate("first").json()
     recorded_jobs.run()
-    dispatch.offer_accept(offer_id=Offer.objects.get(conversation_id=first["id"]).pk, agent=agent)
-    dispatch.connection_open(agent_id=agent.pk, channel_name="phone-1", server_id="web-1")
-    dispatch.connection_close(channel_name="phone-1")
+    offers.offer_accept(offer_id=Offer.objects.get(conversation_id=first["id"]).pk, agent=agent)
+    presence.connection_open(agent_id=agent.pk, channel_name="phone-1", server_id="web-1")
+    presence.connection_close(channel_name="phone-1")
 
     clock.advance(45)  # the phone is gone for 45 s
-    dispatch.presence_sweep()  # grace over: offline, the conversation back at the front of the queue
-    dispatch.connection_open(agent_id=agent.pk, channel_name="phone-2", server_id="web-1")
-    dispatch.agent_set_status(agent_id=agent.pk, status="online", actor="agent")
+    presence.presence_sweep()  # grace over: offline, the conversation back at the front of the queue
+    presence.connection_open(agent_id=agent.pk, channel_name="phone-2", server_id="web-1")
+    presence.agent_set_status(agent_id=agent.pk, status="online", actor="agent")
     recorded_jobs.run()
     assert Conversation.objects.get(pk=first["id"]).status == "offered"  # offered again, after its assignment
     assert bot.post(f"/api/v1/escalations/{first['id']}/cancel").status_code == 200
@@ -160,4 +166,4 @@ def test_a_phone_offline_45s_then_a_cancel_keeps_the_next_escalation_working(
     assert second.status_code == 201, second.content
     assert second.json()["estimated_wait_seconds"] >= 0
     assert selectors.answer_seconds() >= 0
-    dispatch.queue_updates_push()  # the periodic job that failed every 5 s
+    escalations.queue_updates_push()  # the periodic job that failed every 5 s

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from django.db import connection, connections, transaction
 
-from dispatch import services as dispatch
+from dispatch.services import errors as dispatch_errors
+from dispatch.services import escalations, offers
 from marketplace import callbacks, services
 from marketplace.models import CallbackEvent, Conversation, Message
 
@@ -44,7 +45,7 @@ def test_duplicate_escalation_blocked_on_the_unique_index_returns_the_winner(int
 
     def a() -> None:
         with transaction.atomic():
-            result["a"] = services.conversation_escalate(
+            result["a"] = escalations.conversation_escalate(
                 integration=integration, data=services.EscalationInput(external_id="same")
             )
             a_inserted.set()
@@ -53,7 +54,7 @@ def test_duplicate_escalation_blocked_on_the_unique_index_returns_the_winner(int
 
     def b() -> None:
         a_inserted.wait()
-        result["b"] = services.conversation_escalate(
+        result["b"] = escalations.conversation_escalate(
             integration=integration, data=services.EscalationInput(external_id="same")
         )
         connection.close()
@@ -78,7 +79,7 @@ def test_the_same_external_id_with_another_body_blocked_on_the_unique_index_is_a
 
     def a() -> None:
         with transaction.atomic():
-            result["a"] = services.conversation_escalate(
+            result["a"] = escalations.conversation_escalate(
                 integration=integration, data=services.EscalationInput(external_id="same", summary="first")
             )
             a_inserted.set()
@@ -88,7 +89,7 @@ def test_the_same_external_id_with_another_body_blocked_on_the_unique_index_is_a
     def b() -> None:
         a_inserted.wait()
         try:
-            services.conversation_escalate(
+            escalations.conversation_escalate(
                 integration=integration, data=services.EscalationInput(external_id="same", summary="second")
             )
         except services.IdempotencyMismatch as exc:
@@ -129,14 +130,14 @@ def test_the_same_customer_message_posted_twice_at_once_is_kept_once(integration
 def test_accept_racing_a_cancel_has_exactly_one_outcome(integration, make_agent):
     for n in range(10):
         agent = make_agent()
-        conversation, _ = services.conversation_escalate(
+        conversation, _ = escalations.conversation_escalate(
             integration=integration, data=services.EscalationInput(external_id=f"ac-{n}")
         )
-        offer = dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
+        offer = offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
 
         accept, cancel = together(
-            lambda o=offer, a=agent: dispatch.offer_accept(offer_id=o.pk, agent=a),
-            lambda c=conversation: services.conversation_cancel(conversation_id=c.pk, actor="bot"),
+            lambda o=offer, a=agent: offers.offer_accept(offer_id=o.pk, agent=a),
+            lambda c=conversation: escalations.conversation_cancel(conversation_id=c.pk, actor="bot"),
         )
 
         assert not isinstance(cancel, Exception)
@@ -146,7 +147,7 @@ def test_accept_racing_a_cancel_has_exactly_one_outcome(integration, make_agent)
         assert conversation.status == "cancelled"
         assert agent.active_count == 0  # freed if the accept won, never taken otherwise
         if isinstance(accept, Exception):
-            assert isinstance(accept, dispatch.OfferNotOpen)
+            assert isinstance(accept, dispatch_errors.OfferNotOpen)
             assert offer.state == "revoked"
         else:
             assert offer.state == "accepted"

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from dispatch import services as dispatch
 from dispatch.models import Offer
+from dispatch.services import conversations, offers
+from dispatch.services import errors as dispatch_errors
 from marketplace.models import Agent, Conversation
-from payouts import services as payouts
 from payouts.models import ConnectedAccount, LedgerLine, StripeEvent, Transfer
+from payouts.services import accounts, stripe_events
 
 from ..conftest import wait_for
 from ..stripe_standin import StripeStandIn, serve
@@ -55,13 +56,15 @@ def emit(standin: StripeStandIn, type_: str, obj: dict[str, Any], account: str |
 
 def onboard(agent: Agent, standin: StripeStandIn, *, activate: bool = True) -> ConnectedAccount:
     """The agent gets a connected account; with activate, finishes onboarding (Stripe says so by webhook)."""
-    payouts.onboarding_link(agent=agent)
+    accounts.onboarding_link(agent=agent)
     account = ConnectedAccount.objects.get(agent=agent)
     if activate:
         response = emit(standin, "account.updated", standin.account_activate(account.stripe_account_id))
         assert response.status_code == 200, response.content
         for event_id in StripeEvent.objects.filter(processed_at=None).values_list("pk", flat=True):
-            payouts.stripe_event_process(event_id=event_id)  # also when a test records jobs instead of running them
+            stripe_events.stripe_event_process(
+                event_id=event_id
+            )  # also when a test records jobs instead of running them
         wait_for(lambda: ConnectedAccount.objects.get(pk=account.pk).can_receive_transfers)
     account.refresh_from_db()
     return account
@@ -75,8 +78,8 @@ def offer_for(conversation: Conversation, agent: Agent) -> Offer:
         if pending is not None:
             return pending
         try:
-            return dispatch.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
-        except (dispatch.OfferNotOpen, dispatch.AgentUnavailable):
+            return offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
+        except (dispatch_errors.OfferNotOpen, dispatch_errors.AgentUnavailable):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.02)  # a dispatch job is offering it right now
@@ -89,8 +92,8 @@ def resolve(escalate: Callable[..., Conversation]) -> Callable[..., Conversation
     def run(agent: Agent, outcome: str = "resolved", **fields: Any) -> Conversation:
         conversation = escalate(**fields)
         Agent.objects.filter(pk=agent.pk).update(status=Agent.Status.ONLINE)
-        dispatch.offer_accept(offer_id=offer_for(conversation, agent).pk, agent=agent)
-        return dispatch.conversation_resolve(conversation_id=conversation.pk, agent=agent, outcome=outcome)
+        offers.offer_accept(offer_id=offer_for(conversation, agent).pk, agent=agent)
+        return conversations.conversation_resolve(conversation_id=conversation.pk, agent=agent, outcome=outcome)
 
     return run
 

@@ -6,7 +6,6 @@ import pytest
 from django.contrib.admin.utils import quote
 from django.urls import reverse
 
-from payouts import services as payouts
 from payouts.models import (
     ConnectedAccount,
     Earning,
@@ -18,6 +17,7 @@ from payouts.models import (
     StripeEvent,
     Transfer,
 )
+from payouts.services import earnings, transfers
 
 from .conftest import ledger_sums_to_zero
 
@@ -29,8 +29,8 @@ def earned(make_agent, resolve, recorded_jobs):
     """Without Stripe: a resolution earned, released, and its transfer waits, visibly."""
     agent = make_agent()
     earning = resolve(agent).earnings.get()
-    payouts.earning_release(earning_id=earning.pk)
-    assert payouts.transfer_submit(transfer_id=earning.transfer.pk) == "held"
+    earnings.earning_release(earning_id=earning.pk)
+    assert transfers.transfer_submit(transfer_id=earning.transfer.pk) == "held"
     PayRule.objects.create(topic="billing", amount=450)
     PayPolicy.objects.create()
     account = ConnectedAccount.objects.create(agent=agent, stripe_account_id="acct_admin1")
@@ -77,7 +77,7 @@ def test_retry_action_sends_a_failed_transfer_again_but_not_a_disputed_one(
 
     assert Transfer.objects.get(pk=earned.transfer.pk).state == "pending"
     assert recorded_jobs.names() == ["submit_transfer"]
-    payouts.earning_dispute(earning_id=earned.pk, reason="refund", actor="test")
+    earnings.earning_dispute(earning_id=earned.pk, reason="refund", actor="test")
     response = admin_client.post(
         reverse("admin:payouts_transfer_changelist"),
         {"action": "retry", "_selected_action": [earned.transfer.pk]},
@@ -108,7 +108,7 @@ def test_a_transfer_cancelled_by_a_dispute_is_labelled_so_not_failed(admin_clien
     assert transfer_state_label(Transfer.objects.select_related("earning").get(pk=earned.transfer.pk)).startswith(
         "Held"
     )
-    payouts.earning_dispute(earning_id=earned.pk, reason="refund", actor="test")
+    earnings.earning_dispute(earning_id=earned.pk, reason="refund", actor="test")
     cancelled = Transfer.objects.select_related("earning").get(pk=earned.transfer.pk)
     assert cancelled.state == "failed"
 

@@ -16,10 +16,12 @@ from django.conf import settings
 from django.utils import timezone
 
 from core import jobs
+from dispatch import floor as dispatch_floor
+from dispatch import selectors as dispatch_selectors
 from dispatch.models import Assignment, Offer
 from marketplace.models import Agent, BotIntegration, Conversation
-from payouts import services as payouts
 from payouts.models import Earning, PayPolicy, Transfer
+from payouts.services import ledger, sweeper
 
 from ..conftest import wait_for
 from .conftest import balance, ledger_sums_to_zero, onboard
@@ -131,14 +133,14 @@ def test_engaged_time_counts_overlaps_once_and_clips_to_the_week(make_agent, wor
     work.assignment(other, at(0, 0), at(7, 0))  # another agent's week
 
     # when
-    seconds = payouts.engaged_seconds(agent_id=agent.pk, start=START, end=END)
+    seconds = dispatch_selectors.engaged_seconds(agent_id=agent.pk, start=START, end=END)
 
     # then: 30 min + 1.5 h + 10 min + 15 min
     assert seconds == 1800 + 5400 + 600 + 900
     # and any window clips the same way
-    assert payouts.engaged_seconds(agent_id=agent.pk, start=at(0, 9, 15), end=at(0, 9, 45)) == 1800
-    assert payouts.engaged_seconds(agent_id=agent.pk, start=at(0, 11), end=at(0, 12)) == 0
-    assert payouts.engaged_seconds(agent_id=other.pk, start=START, end=END) == 7 * 24 * HOUR
+    assert dispatch_selectors.engaged_seconds(agent_id=agent.pk, start=at(0, 9, 15), end=at(0, 9, 45)) == 1800
+    assert dispatch_selectors.engaged_seconds(agent_id=agent.pk, start=at(0, 11), end=at(0, 12)) == 0
+    assert dispatch_selectors.engaged_seconds(agent_id=other.pk, start=START, end=END) == 7 * 24 * HOUR
 
 
 @pytest.mark.django_db
@@ -146,7 +148,7 @@ def test_a_conversation_still_open_counts_until_the_end_of_the_week(make_agent, 
     agent = make_agent(online=False)
     work.assignment(agent, at(6, 22), None)  # Sunday 22:00, never ended
 
-    assert payouts.engaged_seconds(agent_id=agent.pk, start=START, end=END) == 2 * HOUR
+    assert dispatch_selectors.engaged_seconds(agent_id=agent.pk, start=START, end=END) == 2 * HOUR
 
 
 @pytest.mark.django_db
@@ -157,7 +159,7 @@ def test_an_offer_expired_late_counts_only_until_it_expired(make_agent, work):
     Offer.objects.filter(pk=offer.pk).update(responded_at=at(0, 11))
 
     # when
-    seconds = payouts.engaged_seconds(agent_id=agent.pk, start=START, end=END)
+    seconds = dispatch_selectors.engaged_seconds(agent_id=agent.pk, start=START, end=END)
 
     # then: the agent held it for 20 s (it could not be accepted after that), not an hour
     assert seconds == 20
@@ -181,7 +183,7 @@ def test_the_floor_tops_up_engaged_hours_times_the_hourly_minimum(recorded_jobs,
     work.earned(agent, 900, at(-5, 12), kind="floor_topup")  # an earlier week's top-up is not "earned"
 
     # when
-    topups = payouts.floor_close_week(week_start=MONDAY)
+    topups = dispatch_floor.floor_close_week(week_start=MONDAY)
 
     # then: 2 h x 1200 = 2400 minimum, less 1000 earned
     (topup,) = topups
@@ -193,7 +195,7 @@ def test_the_floor_tops_up_engaged_hours_times_the_hourly_minimum(recorded_jobs,
     assert topup.detail == {"engaged_seconds": 7200, "hourly_minimum": 1200, "minimum": 2400, "earned": 1000}
     assert topup.state == Earning.State.HELD and topup.payable_at <= timezone.now()
     assert balance(f"agent:{agent.pk}:payable") == -1400
-    assert balance(payouts.PAY_EXPENSE) == 1400
+    assert balance(ledger.PAY_EXPENSE) == 1400
     ledger_sums_to_zero()
 
     # and it is released at once, into a transfer
@@ -211,11 +213,11 @@ def test_a_week_is_topped_up_once_per_agent(recorded_jobs, make_agent, work):
     floor_policy(1200)
     agent = make_agent(online=False)
     work.two_hours(agent)
-    (first,) = payouts.floor_close_week(week_start=MONDAY)
+    (first,) = dispatch_floor.floor_close_week(week_start=MONDAY)
 
     # when: it is closed again (a retried job, a second worker), even after more work shows up
     work.assignment(agent, at(4, 9), at(4, 12))
-    again = payouts.floor_close_week(week_start=MONDAY)
+    again = dispatch_floor.floor_close_week(week_start=MONDAY)
 
     # then
     assert again == []
@@ -231,7 +233,7 @@ def test_offers_alone_count_as_engaged_time(recorded_jobs, make_agent, work):
     work.offer(agent, at(2, 8), expires=at(2, 8, 30))
 
     # when
-    (topup,) = payouts.floor_close_week(week_start=MONDAY)
+    (topup,) = dispatch_floor.floor_close_week(week_start=MONDAY)
 
     # then
     assert (topup.agent_id, topup.amount) == (agent.pk, 600)
@@ -249,7 +251,7 @@ def test_agents_who_earned_the_floor_get_nothing(recorded_jobs, make_agent, work
     work.earned(short, 2399, at(2, 12))
 
     # when
-    topups = payouts.floor_close_week(week_start=MONDAY)
+    topups = dispatch_floor.floor_close_week(week_start=MONDAY)
 
     # then: only the one short by 1
     assert [(t.agent_id, t.amount) for t in topups] == [(short.pk, 1)]
@@ -265,7 +267,7 @@ def test_disputed_earnings_do_not_count_as_earned(recorded_jobs, make_agent, wor
     work.earned(agent, 800, at(1, 12), state="disputed")
 
     # when
-    (topup,) = payouts.floor_close_week(week_start=MONDAY)
+    (topup,) = dispatch_floor.floor_close_week(week_start=MONDAY)
 
     # then
     assert topup.amount == 1400 and topup.detail["earned"] == 1000
@@ -277,7 +279,7 @@ def test_a_floor_of_zero_turns_it_off(recorded_jobs, make_agent, work):
     agent = make_agent(online=False)
     work.two_hours(agent)
 
-    assert payouts.floor_close_week(week_start=MONDAY) == []
+    assert dispatch_floor.floor_close_week(week_start=MONDAY) == []
     assert not Earning.objects.exists()
     assert recorded_jobs.calls == []
 
@@ -293,10 +295,10 @@ def test_the_top_up_is_released_and_transferred_once(stripe_on, make_agent, work
     work.earned(agent, 1000, at(1, 11))
 
     # when: the week is closed (and then again, and the sweeper runs)
-    (topup,) = payouts.floor_close_week(week_start=MONDAY)
+    (topup,) = dispatch_floor.floor_close_week(week_start=MONDAY)
     transfer = wait_for(lambda: Transfer.objects.filter(earning=topup, state=Transfer.State.PAID).first())
-    assert payouts.floor_close_week(week_start=MONDAY) == []
-    payouts.payouts_sweep()
+    assert dispatch_floor.floor_close_week(week_start=MONDAY) == []
+    sweeper.payouts_sweep()
     assert jobs.runner.wait_idle(timeout=10)
 
     # then: one transfer of 1400 to the agent's account, at Stripe and here
@@ -309,8 +311,8 @@ def test_the_top_up_is_released_and_transferred_once(stripe_on, make_agent, work
     topup.refresh_from_db()
     assert topup.state == Earning.State.RELEASED
     assert balance(f"agent:{agent.pk}:payable") == 0
-    assert balance(payouts.STRIPE_BALANCE) == -1400
-    assert balance(payouts.PAY_EXPENSE) == 1400
+    assert balance(ledger.STRIPE_BALANCE) == -1400
+    assert balance(ledger.PAY_EXPENSE) == 1400
     ledger_sums_to_zero()
 
 
@@ -339,7 +341,7 @@ def test_the_last_finished_weeks_are_closed_and_not_the_current_one(recorded_job
         one_hour_in(work, agent, week)
 
     # when
-    closed = payouts.floor_close_due_weeks()
+    closed = dispatch_floor.floor_close_due_weeks()
 
     # then: the two last finished weeks (the older one covers a run that was missed), not the current week
     assert closed == 2
@@ -347,7 +349,7 @@ def test_the_last_finished_weeks_are_closed_and_not_the_current_one(recorded_job
     assert [(t.week_start, t.amount) for t in topups] == [(weeks[1], 1200), (weeks[2], 1200)]
 
     # and running it again closes nothing more
-    assert payouts.floor_close_due_weeks() == 0
+    assert dispatch_floor.floor_close_due_weeks() == 0
     assert Earning.objects.filter(kind=Earning.Kind.FLOOR_TOPUP).count() == 2
 
 
@@ -363,7 +365,7 @@ def test_a_week_is_closed_only_once_the_grace_after_it_has_passed(recorded_jobs,
         one_hour_in(work, agent, week)
 
     # when
-    payouts.floor_close_due_weeks()
+    dispatch_floor.floor_close_due_weeks()
 
     # then: last week is not closed yet
     closed = sorted(Earning.objects.filter(kind=Earning.Kind.FLOOR_TOPUP).values_list("week_start", flat=True))

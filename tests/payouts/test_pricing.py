@@ -13,13 +13,15 @@ import pytest
 from django.conf import settings
 from django.core.cache import cache
 
-from dispatch import services as dispatch
+from dispatch import payloads
+from dispatch import selectors as dispatch_selectors
 from dispatch.models import Assignment
+from dispatch.services import conversations, escalations, offers
 from marketplace import services as marketplace
 from marketplace.models import Agent, Conversation
 from payouts import pricing
-from payouts import services as payouts
 from payouts.models import Earning, PayPolicy, PayRule
+from payouts.services import earnings, ledger
 
 from .conftest import balance
 
@@ -183,13 +185,13 @@ def test_an_offer_under_queue_pressure_pays_base_times_surge(recorded_jobs, make
     cache.clear()
 
     # when: the first one is offered
-    offer = dispatch.offer_create(conversation_id=waiting[0].pk, agent_id=agent.pk)
+    offer = offers.offer_create(conversation_id=waiting[0].pk, agent_id=agent.pk)
 
     # then: pressure 3 per free slot -> 1 + 0.25 x (3 - 1) = x1.50
     offer.refresh_from_db()
     assert (offer.pay_base, offer.pay_surge, offer.pay_amount) == (400, Decimal("1.50"), 600)
     assert offer.pay_bonus == 150
-    payload = dispatch.offer_payload(offer)
+    payload = payloads.offer_payload(offer)
     assert payload["type"] == "offer"
     assert payload["pay"] == {
         "amount": 600,
@@ -208,7 +210,7 @@ def test_a_calm_queue_pays_the_base(recorded_jobs, make_agent, escalate):
     waiting = escalate(language="en")
 
     # when
-    offer = dispatch.offer_create(conversation_id=waiting.pk, agent_id=agent.pk)
+    offer = offers.offer_create(conversation_id=waiting.pk, agent_id=agent.pk)
 
     # then
     assert (offer.pay_base, offer.pay_surge, offer.pay_amount) == (400, Decimal("1.00"), 400)
@@ -223,7 +225,7 @@ def test_the_surged_amount_rounds_half_up_to_a_minor_unit(recorded_jobs, make_ag
     waiting = [escalate(language="en", topic="billing") for _ in range(3)]
 
     # when
-    offer = dispatch.offer_create(conversation_id=waiting[0].pk, agent_id=agent.pk)
+    offer = offers.offer_create(conversation_id=waiting[0].pk, agent_id=agent.pk)
 
     # then
     assert offer.pay_amount == 500
@@ -253,7 +255,7 @@ def test_disabled_surge_pays_the_base_however_long_the_queue(recorded_jobs, make
     agent = make_agent(languages=("en",))
     waiting = [escalate(language="en") for _ in range(6)]
 
-    offer = dispatch.offer_create(conversation_id=waiting[0].pk, agent_id=agent.pk)
+    offer = offers.offer_create(conversation_id=waiting[0].pk, agent_id=agent.pk)
 
     assert (offer.pay_surge, offer.pay_amount) == (Decimal("1.00"), 400)
 
@@ -268,7 +270,7 @@ def test_the_offers_quote_is_what_the_resolution_earns(recorded_jobs, make_agent
     rule = PayRule.objects.create(topic="billing", amount=500)
     agent = make_agent(skills=("billing",))
     conv = escalate(topic="billing", language="en")
-    offer = dispatch.offer_create(conversation_id=conv.pk, agent_id=agent.pk)
+    offer = offers.offer_create(conversation_id=conv.pk, agent_id=agent.pk)
     assert offer.pay_amount == 500
 
     # when: the pay rule and the policy change while the offer is open; the agent accepts and resolves
@@ -276,8 +278,8 @@ def test_the_offers_quote_is_what_the_resolution_earns(recorded_jobs, make_agent
     PayPolicy.objects.update(default_amount=1000, quality_bonus_amount=999)
     cache.clear()
     assert pricing.quote(conv).base == 900  # a quote taken now would differ
-    dispatch.offer_accept(offer_id=offer.pk, agent=agent)
-    dispatch.conversation_resolve(conversation_id=conv.pk, agent=agent, outcome="resolved")
+    offers.offer_accept(offer_id=offer.pk, agent=agent)
+    conversations.conversation_resolve(conversation_id=conv.pk, agent=agent, outcome="resolved")
 
     # then: the assignment locked the offer's quote, and the earning is exactly that
     assignment = Assignment.objects.get(conversation=conv)
@@ -292,7 +294,7 @@ def test_the_offers_quote_is_what_the_resolution_earns(recorded_jobs, make_agent
     assert earning.detail == {"quoted_at": "offer", "offer_id": offer.pk, "base": 500, "surge": "1.00"}
     # and it is owed to the agent in the ledger, released by a job
     assert balance(f"agent:{agent.pk}:payable") == -500
-    assert balance(payouts.PAY_EXPENSE) == 500
+    assert balance(ledger.PAY_EXPENSE) == 500
     assert "release_earning" in recorded_jobs.names()
 
 
@@ -313,7 +315,7 @@ def test_an_unresolved_outcome_earns_nothing(recorded_jobs, make_agent, resolve)
     assert "release_earning" not in recorded_jobs.names()
 
     # and a 5-star rating of it earns no bonus either
-    marketplace.conversation_rate(conversation_id=conv.pk, score=5, comment="", actor="bot")
+    escalations.conversation_rate(conversation_id=conv.pk, score=5, comment="", actor="bot")
     assert not Earning.objects.exists()
 
 
@@ -330,7 +332,7 @@ def test_a_rating_of_4_or_5_earns_the_quality_bonus(recorded_jobs, make_agent, r
     resolution = Earning.objects.get(conversation=conv, kind=Earning.Kind.RESOLUTION)
 
     # when: the customer rates it
-    marketplace.conversation_rate(conversation_id=conv.pk, score=score, comment="", actor="bot")
+    escalations.conversation_rate(conversation_id=conv.pk, score=score, comment="", actor="bot")
 
     # then
     bonuses = list(Earning.objects.filter(conversation=conv, kind=Earning.Kind.QUALITY_BONUS))
@@ -355,7 +357,7 @@ def test_the_bonus_is_the_one_quoted_not_the_policys_current_one(recorded_jobs, 
     PayPolicy.objects.update(quality_bonus_amount=500)
 
     # when
-    marketplace.conversation_rate(conversation_id=conv.pk, score=5, comment="great", actor="bot")
+    escalations.conversation_rate(conversation_id=conv.pk, score=5, comment="great", actor="bot")
 
     # then
     assert Earning.objects.get(conversation=conv, kind=Earning.Kind.QUALITY_BONUS).amount == 150
@@ -367,14 +369,19 @@ def test_a_conversation_is_rated_once_and_earns_one_bonus(recorded_jobs, make_ag
     policy(quality_bonus_amount=150)
     agent = make_agent()
     conv = resolve(agent, language="en")
-    marketplace.conversation_rate(conversation_id=conv.pk, score=5, comment="", actor="bot")
+    escalations.conversation_rate(conversation_id=conv.pk, score=5, comment="", actor="bot")
 
     # when: rated again
     with pytest.raises(marketplace.AlreadyRated):
-        marketplace.conversation_rate(conversation_id=conv.pk, score=5, comment="", actor="bot")
+        escalations.conversation_rate(conversation_id=conv.pk, score=5, comment="", actor="bot")
 
     # then: still one bonus; and asking the payouts service again changes nothing either
-    assert payouts.earning_accrue_bonus(conversation=conv, score=5) is None
+    assert (
+        earnings.earning_accrue_bonus(
+            conversation=conv, score=5, quality_bonuses=dispatch_selectors.quality_bonuses(conv.pk)
+        )
+        is None
+    )
     assert Earning.objects.filter(conversation=conv, kind=Earning.Kind.QUALITY_BONUS).count() == 1
 
 
@@ -385,10 +392,10 @@ def test_a_disputed_resolution_earns_no_bonus(recorded_jobs, make_agent, resolve
     agent = make_agent()
     conv = resolve(agent, language="en")
     resolution = Earning.objects.get(conversation=conv)
-    payouts.earning_dispute(earning_id=resolution.pk, reason="test", actor="admin")
+    earnings.earning_dispute(earning_id=resolution.pk, reason="test", actor="admin")
 
     # when
-    marketplace.conversation_rate(conversation_id=conv.pk, score=5, comment="", actor="bot")
+    escalations.conversation_rate(conversation_id=conv.pk, score=5, comment="", actor="bot")
 
     # then
     assert not Earning.objects.filter(kind=Earning.Kind.QUALITY_BONUS).exists()
@@ -405,14 +412,14 @@ def test_an_admin_reassignment_locks_a_fresh_quote(recorded_jobs, make_agent, es
     first = make_agent(skills=("billing",))
     second = make_agent(skills=("billing",))
     conv = escalate(topic="billing", language="en")
-    offer = dispatch.offer_create(conversation_id=conv.pk, agent_id=first.pk)
-    dispatch.offer_accept(offer_id=offer.pk, agent=first)
+    offer = offers.offer_create(conversation_id=conv.pk, agent_id=first.pk)
+    offers.offer_accept(offer_id=offer.pk, agent=first)
     PayRule.objects.filter(pk=rule.pk).update(amount=800)
     PayPolicy.objects.update(quality_bonus_amount=200)
     cache.clear()
 
     # when: an admin gives the conversation to the second agent
-    dispatch.conversation_reassign(conversation_id=conv.pk, agent_id=second.pk, actor="admin:ops")
+    conversations.conversation_reassign(conversation_id=conv.pk, agent_id=second.pk, actor="admin:ops")
 
     # then: the first spell ended as reassigned with its old quote; the new one has no offer and a fresh quote
     old, new = Assignment.objects.filter(conversation=conv).order_by("pk")
@@ -422,7 +429,7 @@ def test_an_admin_reassignment_locks_a_fresh_quote(recorded_jobs, make_agent, es
     assert (new.pay_amount, new.pay_currency, new.quality_bonus) == (800, settings.PLATFORM_CURRENCY, 200)
 
     # and resolving pays the second agent the fresh quote, and the first nothing
-    dispatch.conversation_resolve(conversation_id=conv.pk, agent=second, outcome="resolved")
+    conversations.conversation_resolve(conversation_id=conv.pk, agent=second, outcome="resolved")
     earning = Earning.objects.get(conversation=conv)
     assert (earning.agent_id, earning.amount) == (second.pk, 800)
     assert earning.assignment_id == new.pk and earning.detail == {"quoted_at": "assignment"}
@@ -437,7 +444,7 @@ def test_a_reassignment_of_a_queued_conversation_quotes_the_surge_of_the_moment(
     waiting = [escalate(language="en") for _ in range(4)]
 
     # when: an admin assigns the first one directly (no offer)
-    dispatch.conversation_reassign(conversation_id=waiting[0].pk, agent_id=agent.pk, actor="admin:ops")
+    conversations.conversation_reassign(conversation_id=waiting[0].pk, agent_id=agent.pk, actor="admin:ops")
 
     # then: 4 waiting per free slot -> x1.75
     assignment = Assignment.objects.get(conversation=waiting[0])

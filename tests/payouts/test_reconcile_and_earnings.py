@@ -469,14 +469,14 @@ def test_each_transfer_state_has_a_waiting_reason(make_agent, transfer_state, ho
 
 
 def test_a_disputed_item_says_so_with_the_reason(make_agent):
-    from payouts import services as payouts
     from payouts.selectors import earning_waiting
+    from payouts.services import earnings
 
     agent = make_agent()
     earning = Earning.objects.create(
         agent=agent, kind="resolution", amount=500, currency="usd", state="held", payable_at=timezone.now()
     )
-    payouts.earning_dispute(earning_id=earning.pk, reason="the customer came back", actor="test")
+    earnings.earning_dispute(earning_id=earning.pk, reason="the customer came back", actor="test")
     waiting = earning_waiting(Earning.objects.get(pk=earning.pk))
     assert waiting is not None and waiting["reason"] == "disputed"
     assert "the customer came back" in waiting["detail"]

@@ -9,11 +9,11 @@ import time
 import pytest
 from django.db import OperationalError, connections, transaction
 
-from dispatch import services as dispatch
 from dispatch.models import Offer
+from dispatch.services import conversations, offers
 from marketplace.models import Agent
-from payouts import services as payouts
 from payouts.models import Earning
+from payouts.services import earnings
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -22,8 +22,8 @@ def earned(escalate, agent, recorded_jobs) -> Earning:
     """A resolution's earning, past its hold and not yet released (its release job recorded, not run)."""
     conversation = escalate()
     recorded_jobs.run("dispatch_conversation")
-    dispatch.offer_accept(offer_id=Offer.objects.get(conversation=conversation).pk, agent=agent)
-    dispatch.conversation_resolve(conversation_id=conversation.pk, agent=agent, outcome="resolved")
+    offers.offer_accept(offer_id=Offer.objects.get(conversation=conversation).pk, agent=agent)
+    conversations.conversation_resolve(conversation_id=conversation.pk, agent=agent, outcome="resolved")
     recorded_jobs.clear()
     return Earning.objects.get(conversation=conversation)
 
@@ -51,7 +51,7 @@ def test_releasing_an_earning_leaves_the_agents_row_free_for_dispatch(escalate, 
     agent = make_agent()
     earning = earned(escalate, agent, recorded_jobs)
     started, finish = threading.Event(), threading.Event()
-    releasing = held_open(lambda: payouts.earning_release(earning_id=earning.pk), started, finish)
+    releasing = held_open(lambda: earnings.earning_release(earning_id=earning.pk), started, finish)
     try:
         with transaction.atomic():  # what offer_create does; it must not find the row held
             Agent.objects.select_for_update(nowait=True).get(pk=agent.pk)
@@ -69,12 +69,12 @@ def test_one_agents_release_and_dispute_still_wait_for_each_other(escalate, make
     agent = make_agent(capacity=2)
     first, second = earned(escalate, agent, recorded_jobs), earned(escalate, agent, recorded_jobs)
     started, finish = threading.Event(), threading.Event()
-    releasing = held_open(lambda: payouts.earning_release(earning_id=first.pk), started, finish)
+    releasing = held_open(lambda: earnings.earning_release(earning_id=first.pk), started, finish)
     disputed = threading.Event()
 
     def dispute() -> None:
         try:
-            payouts.earning_dispute(earning_id=second.pk, reason="test", actor="admin:root")
+            earnings.earning_dispute(earning_id=second.pk, reason="test", actor="admin:root")
             disputed.set()
         finally:
             connections.close_all()

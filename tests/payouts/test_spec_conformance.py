@@ -7,8 +7,8 @@ import re
 import pytest
 from django.core.management import call_command
 
-from payouts import services as payouts
 from payouts.models import Reversal, Transfer
+from payouts.services import accounts, earnings, transfers
 
 from ..conftest import wait_for
 from ..stripe_standin import spec
@@ -37,12 +37,12 @@ def test_every_request_of_a_whole_payouts_flow_is_in_stripes_spec(stripe_on, mak
     # Given a whole flow: onboarding, a paid resolution, an ambiguous retry, a clawback, a reconciliation.
     agent = make_agent()
     onboard(agent, stripe_on)
-    payouts.account_refresh(agent=agent)
+    accounts.account_refresh(agent=agent)
     resolve(agent)
     transfer = wait_for(lambda: Transfer.objects.filter(agent=agent, state="paid").first())
     Transfer.objects.filter(pk=transfer.pk).update(state="submitted", stripe_transfer_id=None)
-    assert payouts.transfer_submit(transfer_id=transfer.pk) == "paid"  # found by lookup
-    payouts.earning_dispute(earning_id=transfer.earning_id, reason="test", actor="test")
+    assert transfers.transfer_submit(transfer_id=transfer.pk) == "paid"  # found by lookup
+    earnings.earning_dispute(earning_id=transfer.earning_id, reason="test", actor="test")
     wait_for(lambda: Reversal.objects.filter(state="succeeded").exists())
     call_command("reconcile_stripe", "--no-progress")
 

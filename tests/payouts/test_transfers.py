@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from core import jobs
-from payouts import services as payouts
 from payouts.models import Earning, Reversal, Transfer
+from payouts.services import earnings, ledger, sweeper, transfers
 
 from ..conftest import wait_for
 from .conftest import balance, ledger_sums_to_zero, onboard
@@ -99,7 +99,7 @@ def test_a_submitted_transfer_that_never_reached_stripe_is_sent_with_the_same_ke
     Transfer.objects.filter(pk=transfer.pk).update(state="submitted", destination=account.stripe_account_id, attempts=1)
     recorded_jobs.clear()
 
-    assert payouts.transfer_submit(transfer_id=transfer.pk) == "paid"
+    assert transfers.transfer_submit(transfer_id=transfer.pk) == "paid"
 
     assert len(stripe_transfers_for(stripe_on, transfer.pk)) == 1
     assert transfer_posts(stripe_on)[0]["idempotency-key"] == f"transfer-{transfer.pk}"
@@ -116,14 +116,14 @@ def test_two_workers_running_the_same_job_make_one_transfer(stripe_on, make_agen
     transfer = Transfer.objects.get(agent=agent)
     stripe_on.faults["POST /v1/transfers"] = [("hang", 0.3)]  # keep the first one busy while the others arrive
 
-    outcomes = together(*[lambda: payouts.transfer_submit(transfer_id=transfer.pk) for _ in range(6)])
+    outcomes = together(*[lambda: transfers.transfer_submit(transfer_id=transfer.pk) for _ in range(6)])
 
     assert sorted(outcomes).count("paid") == 1 and outcomes.count("busy_or_done") == 5, outcomes
     assert len(transfer_posts(stripe_on)) == 1
     assert len(stripe_transfers_for(stripe_on, transfer.pk)) == 1
     assert transfer.journals.count() == 1
     # And the sweeper, later, finds nothing left to do.
-    assert payouts.transfer_submit(transfer_id=transfer.pk) == "busy_or_done"
+    assert transfers.transfer_submit(transfer_id=transfer.pk) == "busy_or_done"
     ledger_sums_to_zero()
 
 
@@ -152,7 +152,7 @@ def test_reopened_inside_the_hold_is_never_paid(stripe_on, settings, make_agent,
     assert response.json()["status"] in ("queued", "offered")
     earning.refresh_from_db()
     assert earning.state == "disputed" and "still charged twice" in earning.dispute_reason
-    assert payouts.earning_release(earning_id=earning.pk) is None
+    assert earnings.earning_release(earning_id=earning.pk) is None
     assert not Transfer.objects.filter(agent=agent).exists()
     assert balance(f"agent:{agent.pk}:payable") == 0
     ledger_sums_to_zero()
@@ -167,7 +167,7 @@ def test_disputed_after_transfer_is_clawed_back_by_a_reversal(stripe_on, make_ag
     conversation = resolve(agent)
     transfer = wait_for(lambda: Transfer.objects.filter(agent=agent, state="paid").first())
 
-    payouts.earning_dispute(earning_id=transfer.earning_id, reason="chargeback", actor="admin:ops")
+    earnings.earning_dispute(earning_id=transfer.earning_id, reason="chargeback", actor="admin:ops")
 
     reversal = wait_for(lambda: Reversal.objects.filter(earning_id=transfer.earning_id, state="succeeded").first())
     at_stripe = stripe_on.transfers[transfer.stripe_transfer_id]
@@ -188,7 +188,7 @@ def test_a_clawback_that_cannot_be_reversed_is_kept_from_the_next_earnings(strip
     first = wait_for(lambda: Transfer.objects.filter(agent=agent, state="paid").first())
     stripe_on.faults[f"POST /v1/transfers/{first.stripe_transfer_id}/reversals"] = [400]
 
-    payouts.earning_dispute(earning_id=first.earning_id, reason="refund", actor="admin:ops")
+    earnings.earning_dispute(earning_id=first.earning_id, reason="refund", actor="admin:ops")
 
     wait_for(lambda: Reversal.objects.filter(earning_id=first.earning_id, state="failed").exists())
     assert balance(f"agent:{agent.pk}:receivable") == first.amount  # the agent owes it back
@@ -224,7 +224,7 @@ def test_the_ledger_refuses_edits_and_deletes():
 
     from payouts.models import Journal, LedgerLine
 
-    payouts.ledger_post(key="test:1", kind="test", currency="usd", lines=[("a", 5), ("b", -5)])
+    ledger.ledger_post(key="test:1", kind="test", currency="usd", lines=[("a", 5), ("b", -5)])
     line = LedgerLine.objects.first()
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
         LedgerLine.objects.filter(pk=line.pk).update(amount=6)
@@ -233,9 +233,9 @@ def test_the_ledger_refuses_edits_and_deletes():
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
         Journal.objects.filter(key="test:1").update(memo="edited")
     with pytest.raises(ValueError, match="does not balance"):
-        payouts.ledger_post(key="test:2", kind="test", currency="usd", lines=[("a", 5), ("b", -4)])
+        ledger.ledger_post(key="test:2", kind="test", currency="usd", lines=[("a", 5), ("b", -4)])
     # Posting the same business event twice posts it once.
-    payouts.ledger_post(key="test:1", kind="test", currency="usd", lines=[("a", 5), ("b", -5)])
+    ledger.ledger_post(key="test:1", kind="test", currency="usd", lines=[("a", 5), ("b", -5)])
     assert LedgerLine.objects.count() == 2
 
 
@@ -247,11 +247,11 @@ def test_disputed_while_in_flight_then_refused_is_never_sent(stripe_on, make_age
     recorded_jobs.run("release_earning")
     transfer = Transfer.objects.get(agent=agent)
     Transfer.objects.filter(pk=transfer.pk).update(state="submitted", destination=account.stripe_account_id)
-    payouts.earning_dispute(earning_id=transfer.earning_id, reason="refund", actor="admin:ops")
+    earnings.earning_dispute(earning_id=transfer.earning_id, reason="refund", actor="admin:ops")
     stripe_on.faults["POST /v1/transfers"] = ["balance_insufficient"]
 
-    assert payouts.transfer_submit(transfer_id=transfer.pk) == "held"
-    assert payouts.transfer_submit(transfer_id=transfer.pk) == "cancelled"  # balance.available, later
+    assert transfers.transfer_submit(transfer_id=transfer.pk) == "held"
+    assert transfers.transfer_submit(transfer_id=transfer.pk) == "cancelled"  # balance.available, later
     for _ in range(3):
         recorded_jobs.run()
 
@@ -268,10 +268,10 @@ def test_a_dispute_wins_over_a_worker_about_to_send(stripe_on, make_agent, resol
     resolve(agent)
     recorded_jobs.run("release_earning")
     transfer = Transfer.objects.select_related("earning").get(agent=agent)
-    payouts.earning_dispute(earning_id=transfer.earning_id, reason="refund", actor="admin:ops")
+    earnings.earning_dispute(earning_id=transfer.earning_id, reason="refund", actor="admin:ops")
 
     # A worker that loaded the row before the dispute committed still cannot send it.
-    assert payouts._transfer_submit(transfer) == "cancelled"
+    assert transfers._transfer_submit(transfer) == "cancelled"
 
     assert stripe_on.transfers == {}
     assert Transfer.objects.get(pk=transfer.pk).state == "failed"
@@ -285,16 +285,16 @@ def test_a_clawback_under_way_is_not_also_kept_from_the_next_earning(stripe_on, 
     first_earning = resolve(agent).earnings.get()
     recorded_jobs.run("release_earning")
     recorded_jobs.run("submit_transfer")
-    payouts.earning_dispute(earning_id=first_earning.pk, reason="refund", actor="admin:ops")
+    earnings.earning_dispute(earning_id=first_earning.pk, reason="refund", actor="admin:ops")
     recorded_jobs.clear()  # the reversal job has not run yet: the clawback is under way
 
     second_earning = resolve(agent).earnings.get()
-    second = payouts.earning_release(earning_id=second_earning.pk)
+    second = earnings.earning_release(earning_id=second_earning.pk)
 
     assert second is not None and second.amount == second_earning.amount
     assert Earning.objects.get(pk=second_earning.pk).offset_amount == 0
-    assert payouts.transfer_submit(transfer_id=second.pk) == "paid"
-    assert payouts.reversal_submit(reversal_id=Reversal.objects.get(earning=first_earning).pk) == "succeeded"
+    assert transfers.transfer_submit(transfer_id=second.pk) == "paid"
+    assert transfers.reversal_submit(reversal_id=Reversal.objects.get(earning=first_earning).pk) == "succeeded"
     assert balance(f"agent:{agent.pk}:receivable") == 0
     assert balance(f"agent:{agent.pk}:payable") == 0
     ledger_sums_to_zero()
@@ -316,11 +316,11 @@ def test_the_sweeper_restarts_lost_and_dead_jobs_once_and_leaves_the_rest(
     long_ago = timezone.now() - timedelta(seconds=settings.PAYOUT_REKICK_SECONDS + 1)
 
     # A job on its way (queued a moment ago, behind a backlog): left alone.
-    assert payouts.payouts_sweep() == 0
+    assert sweeper.payouts_sweep() == 0
     # Its job was lost: started again, once.
     Transfer.objects.filter(pk=transfer.pk).update(kicked_at=long_ago)
-    assert payouts.payouts_sweep() == 1 and recorded_jobs.names() == ["submit_transfer"]
-    assert payouts.payouts_sweep() == 0
+    assert sweeper.payouts_sweep() == 1 and recorded_jobs.names() == ["submit_transfer"]
+    assert sweeper.payouts_sweep() == 0
     # The worker running it died: its lease ran out after the job started.
     recorded_jobs.clear()
     now = timezone.now()
@@ -330,10 +330,10 @@ def test_the_sweeper_restarts_lost_and_dead_jobs_once_and_leaves_the_rest(
         kicked_at=now - timedelta(seconds=5),
         lease_until=now - timedelta(seconds=1),
     )
-    assert payouts.payouts_sweep() == 1 and recorded_jobs.names() == ["submit_transfer"]
+    assert sweeper.payouts_sweep() == 1 and recorded_jobs.names() == ["submit_transfer"]
     recorded_jobs.run()
     assert Transfer.objects.get(pk=transfer.pk).state == "paid"
-    assert payouts.payouts_sweep() == 0
+    assert sweeper.payouts_sweep() == 0
 
 
 def test_before_a_new_key_is_used_the_transfer_is_looked_up(stripe_on, make_agent, resolve, recorded_jobs):
@@ -347,11 +347,11 @@ def test_before_a_new_key_is_used_the_transfer_is_looked_up(stripe_on, make_agen
     recorded_jobs.run("release_earning")
     transfer = Transfer.objects.select_related("earning").get(agent=agent)
     transfer.destination = account.stripe_account_id
-    client().v1.transfers.create(params=payouts._transfer_params(transfer))  # the earlier attempt, at Stripe
+    client().v1.transfers.create(params=transfers._transfer_params(transfer))  # the earlier attempt, at Stripe
     Transfer.objects.filter(pk=transfer.pk).update(key_generation=1, hold_reason="balance_insufficient")
     posts_before = len(transfer_posts(stripe_on))
 
-    assert payouts.transfer_submit(transfer_id=transfer.pk) == "paid"
+    assert transfers.transfer_submit(transfer_id=transfer.pk) == "paid"
 
     assert len(transfer_posts(stripe_on)) == posts_before
     assert len(stripe_transfers_for(stripe_on, transfer.pk)) == 1

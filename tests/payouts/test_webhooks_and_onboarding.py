@@ -26,7 +26,8 @@ from rest_framework.authtoken.models import Token
 
 from config.routing import websocket_urlpatterns
 from dispatch.auth import AgentAuthMiddleware
-from dispatch.services import PayoutsNotReady, agent_set_status
+from dispatch.services.errors import PayoutsNotReady
+from dispatch.services.presence import agent_set_status
 from marketplace.models import Agent
 from payouts.models import ConnectedAccount, Payout, StripeEvent, Transfer
 

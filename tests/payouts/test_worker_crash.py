@@ -7,8 +7,8 @@ from contextlib import ExitStack
 
 import pytest
 
-from payouts import services as payouts
 from payouts.models import Transfer
+from payouts.services import sweeper
 
 from ..conftest import wait_for
 from ..processes import celery_worker, service_env
@@ -46,7 +46,7 @@ def test_a_worker_killed_mid_transfer_leaves_exactly_one_transfer(stripe_on, set
 
         # The sweeper (celery beat in production) finds it once the dead worker's lease is over.
         def swept_and_paid() -> bool:
-            payouts.payouts_sweep()
+            sweeper.payouts_sweep()
             return Transfer.objects.get(pk=transfer.pk).state == "paid"
 
         wait_for(swept_and_paid, timeout=30, interval=0.5)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from marketplace.management.commands._output import print_json
 from payouts import selectors, stripe_api
 from payouts.models import Transfer
-from payouts.services import as_dict
+from payouts.stripe_api import as_dict
 
 
 class Command(BaseCommand):

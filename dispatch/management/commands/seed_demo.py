@@ -6,9 +6,9 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from marketplace import services
+from marketplace.management.commands._output import print_json
 from marketplace.models import Agent, BotIntegration
-
-from ._output import print_json
+from payouts.models import PayRule
 
 DEMO_PASSWORD = "demo-pass-123"  # noqa: S105 - demo accounts only
 DEMO_ADMIN_PASSWORD = "admin-pass-123"  # noqa: S105 - DEBUG only; 10+ characters like every password
@@ -71,8 +71,6 @@ class Command(BaseCommand):
             agent = Agent.objects.get(user__username=spec.username)
             agents.append({"id": agent.id, "username": spec.username, "password": DEMO_PASSWORD})
         result["agents"] = agents
-        from payouts.models import PayRule  # payouts builds on this app
-
         for rule in DEMO_PAY_RULES:
             key = {k: rule[k] for k in ("topic", "priority", "language")}
             if not PayRule.objects.filter(**key).exists():

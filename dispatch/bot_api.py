@@ -12,11 +12,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.parsers import AnyContentTypeJSONParser, SafeJSONParser
-
-from . import selectors, services
-from .bot_auth import BotRateThrottle, BotSignatureAuthentication, IsBotIntegration
-from .models import BotIntegration, Conversation
-from .serializers import (
+from marketplace import selectors
+from marketplace import services as marketplace_services
+from marketplace.bot_auth import BotRateThrottle, BotSignatureAuthentication, IsBotIntegration
+from marketplace.models import BotIntegration, Conversation
+from marketplace.serializers import (
     ConversationOutputSerializer,
     EscalationInputSerializer,
     MessageInputSerializer,
@@ -24,6 +24,8 @@ from .serializers import (
     RatingInputSerializer,
     ReopenInputSerializer,
 )
+
+from .services import conversations, escalations
 
 # Bodies are JSON. The parser also takes JSON sent with another Content-Type (a bot's HTTP library may
 # not set it), which is leniency, not a promise: the schema must not offer `*/*` (XML, YAML...) to clients.
@@ -86,8 +88,8 @@ class EscalationCreateApi(BotApi):
     def post(self, request: Request) -> Response:
         serializer = EscalationInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        conversation, created = services.conversation_escalate(
-            integration=self.integration(), data=services.EscalationInput(**serializer.validated_data)
+        conversation, created = escalations.conversation_escalate(
+            integration=self.integration(), data=marketplace_services.EscalationInput(**serializer.validated_data)
         )
         return self.render(conversation, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
@@ -114,7 +116,7 @@ class EscalationMessageApi(BotApi):
         conversation = self.conversation(conversation_id)
         serializer = MessageInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        message, created = services.conversation_add_customer_message(
+        message, created = escalations.conversation_add_customer_message(
             conversation=conversation,
             text=serializer.validated_data["text"],
             external_message_id=serializer.validated_data.get("external_message_id"),
@@ -136,7 +138,7 @@ class EscalationCancelApi(BotApi):
     )
     def post(self, request: Request, conversation_id: str) -> Response:
         conversation = self.conversation(conversation_id)
-        return self.render(services.conversation_cancel(conversation_id=conversation.pk, actor=self.actor()))
+        return self.render(escalations.conversation_cancel(conversation_id=conversation.pk, actor=self.actor()))
 
 
 class EscalationReopenApi(BotApi):
@@ -155,12 +157,10 @@ class EscalationReopenApi(BotApi):
         ),
     )
     def post(self, request: Request, conversation_id: str) -> Response:
-        from dispatch.services import conversation_reopen  # dispatch builds on this app
-
         conversation = self.conversation(conversation_id)
         serializer = ReopenInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        reopened = conversation_reopen(
+        reopened = conversations.conversation_reopen(
             conversation_id=conversation.pk, actor=self.actor(), reason=serializer.validated_data["reason"]
         )
         return self.render(reopened)
@@ -180,7 +180,7 @@ class EscalationRatingApi(BotApi):
         conversation = self.conversation(conversation_id)
         serializer = RatingInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        rated = services.conversation_rate(
+        rated = escalations.conversation_rate(
             conversation_id=conversation.pk, actor=self.actor(), **serializer.validated_data
         )
         return self.render(rated, status.HTTP_201_CREATED)

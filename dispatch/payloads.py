@@ -1,0 +1,90 @@
+"""What is sent to agents' sockets: the offer, the conversation, a message, and `hello`.
+
+Built here and sent by dispatch.events after commit; the socket protocol is documented in
+docs/API.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marketplace.models import Agent, Conversation, Message
+from payouts import selectors as payout_selectors
+
+from . import events, selectors
+from .models import Offer
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def offer_payload(offer: Offer) -> dict[str, Any]:
+    conversation = offer.conversation
+    return {
+        "type": "offer",
+        "offer_id": offer.id,
+        "conversation_id": conversation.id,
+        "language": conversation.language,
+        "topic": conversation.topic,
+        "priority": conversation.priority,
+        "summary": conversation.summary,
+        "pay": {
+            "amount": offer.pay_amount,
+            "currency": offer.pay_currency,
+            "base": offer.pay_base,
+            "surge": float(offer.pay_surge),
+            "quality_bonus": offer.pay_bonus,
+        },
+        "expires_at": _iso(offer.expires_at),
+    }
+
+
+def conversation_payload(conversation: Conversation) -> dict[str, Any]:
+    return {
+        "id": conversation.id,
+        "external_id": conversation.external_id,
+        "language": conversation.language,
+        "topic": conversation.topic,
+        "priority": conversation.priority,
+        "summary": conversation.summary,
+        "customer": conversation.customer,
+        "transcript": conversation.transcript,
+        "messages": [message_payload(m)["message"] for m in conversation.messages.all()],
+        "assigned_at": _iso(conversation.assigned_at) if conversation.assigned_at else None,
+    }
+
+
+def hello_payload(agent_id: str) -> dict[str, Any]:
+    agent = Agent.objects.get(pk=agent_id)
+    offer = selectors.pending_offer(agent_id)
+    return {
+        "type": "hello",
+        "agent": {
+            "id": agent.id,
+            "display_name": agent.display_name,
+            "languages": agent.languages,
+            "skills": agent.skills,
+            "capacity": agent.capacity,
+            "approval": agent.approval,
+        },
+        "payouts": payout_selectors.account_status(agent),
+        "status": agent.status,
+        "status_reason": None if agent.status == Agent.Status.ONLINE else events.status_reason(agent.pk),
+        "active_conversations": [conversation_payload(c) for c in selectors.active_conversations(agent_id)],
+        "pending_offer": offer_payload(offer) if offer is not None else None,
+    }
+
+
+def message_payload(message: Message) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "conversation_id": message.conversation_id,
+        "message": {
+            "id": message.id,
+            "role": message.role,
+            "text": message.text,
+            "created_at": _iso(message.created_at),
+            "client_id": message.client_id,
+        },
+    }

@@ -1,0 +1,40 @@
+"""The conflicts dispatch's verbs raise (409 over REST, an error frame on the socket)."""
+
+from __future__ import annotations
+
+from core.errors import Conflict
+
+
+class OfferNotOpen(Conflict):
+    default_code = "offer_not_open"
+    default_detail = "The offer is no longer open."
+
+
+class AgentUnavailable(Conflict):
+    default_code = "agent_unavailable"
+    default_detail = "The agent cannot take this conversation now."
+
+
+class NotAssignedToAgent(Conflict):
+    default_code = "not_assigned"
+    default_detail = "The conversation is not assigned to this agent."
+
+
+class NotApproved(Conflict):
+    default_code = "not_approved"
+    default_detail = "Only approved agents can go online."
+
+
+class PayoutsNotReady(Conflict):
+    default_code = "payouts_not_ready"
+    default_detail = "Finish payouts onboarding before going online."
+
+
+class NotReopenable(Conflict):
+    default_code = "not_reopenable"
+    default_detail = "Only a resolved conversation can be reopened, within the reopen window."
+
+
+class TooManySockets(Conflict):
+    default_code = "too_many_sockets"
+    default_detail = "Too many sockets open for this agent: close one first."
