@@ -71,13 +71,43 @@ def allowed_networks() -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, .
     return _networks(tuple(settings.CALLBACK_ALLOWED_NETWORKS))
 
 
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits and reach it: NAT64's well-known
+# prefix (RFC 6052) and the deprecated IPv4-compatible addresses. Python calls them global whatever
+# the IPv4 address inside is, so 64:ff9b::7f00:1 would reach 127.0.0.1 through a NAT64 gateway.
+_IPV4_IN_LAST_32_BITS = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("::/96"))
+# NAT64 for local use (RFC 8215): whatever it reaches is the operator's own network.
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, 6to4, NAT64, IPv4-compatible), if any."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    if address.sixtofour is not None:
+        return address.sixtofour  # 2002:7f00:1:: reaches 127.0.0.1
+    if any(address in prefix for prefix in _IPV4_IN_LAST_32_BITS):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def _in_allowed_networks(address: IPAddress) -> bool:
+    return any(address in network for network in allowed_networks() if network.version == address.version)
+
+
 def address_allowed(address: IPAddress) -> bool:
-    """Public (globally routable unicast), or inside one of CALLBACK_ALLOWED_NETWORKS."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
-    if any(address in network for network in allowed_networks() if network.version == address.version):
+    """Public (globally routable unicast), or inside one of CALLBACK_ALLOWED_NETWORKS.
+
+    An IPv6 address that wraps an IPv4 one (mapped, 6to4, NAT64, IPv4-compatible) is judged by the
+    IPv4 address it reaches: allowed when either is in an allowed network, public when the IPv4
+    address is.
+    """
+    embedded = _embedded_ipv4(address) if isinstance(address, ipaddress.IPv6Address) else None
+    if _in_allowed_networks(address) or (embedded is not None and _in_allowed_networks(embedded)):
         return True
-    return address.is_global and not address.is_multicast
+    if isinstance(address, ipaddress.IPv6Address) and address in _LOCAL_NAT64:
+        return False
+    reached = embedded if embedded is not None else address
+    return reached.is_global and not reached.is_multicast
 
 
 def _refusal(host: str, address: IPAddress) -> str:

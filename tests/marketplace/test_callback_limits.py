@@ -260,6 +260,14 @@ def test_the_connection_goes_to_the_address_checked_with_the_original_host(
         "http://[fe80::1]/cb",
         "http://0.0.0.0/cb",
         "http://100.64.0.1/cb",
+        # IPv4 wrapped in IPv6: NAT64 (well-known and local-use prefixes), 6to4, IPv4-compatible.
+        "http://[64:ff9b::7f00:1]/cb",
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
+        "http://[64:ff9b:1::a00:1]/cb",
+        "http://[2002:7f00:1::1]/cb",
+        "http://[2002:a00:1::1]/cb",
+        "http://[::7f00:1]/cb",
+        "http://[::a00:5]/cb",
     ],
 )
 def test_internal_urls_are_refused_when_the_integration_is_created(url, settings):
@@ -276,9 +284,13 @@ def test_a_public_address_is_accepted_and_allowed_networks_widen_the_set(setting
     settings.CALLBACK_ALLOWED_NETWORKS = []
     # Never contacted: creation only resolves and checks.
     services.integration_create(data=services.IntegrationInput(name="pub", callback_url="https://93.184.215.14/h"))
+    # A public IPv4 address reached through NAT64 is public too.
+    services.integration_create(
+        data=services.IntegrationInput(name="pub-nat64", callback_url="https://[64:ff9b::5db8:d70e]/h")
+    )
     settings.CALLBACK_ALLOWED_NETWORKS = ["10.0.0.0/8"]
     services.integration_create(data=services.IntegrationInput(name="in-cluster", callback_url="http://10.1.2.3/h"))
-    assert BotIntegration.objects.count() == 2
+    assert BotIntegration.objects.count() == 3
 
 
 def test_editing_to_an_internal_url_is_refused(integration, settings):
