@@ -216,6 +216,17 @@ def test_the_app_login_page_says_why_it_waits(make_agent, settings):
     assert right.status_code == 429
 
 
+def test_the_lockout_page_has_nothing_inline_that_the_apps_csp_refuses(make_agent, settings):
+    settings.AXES_FAILURE_LIMIT = 1
+    make_agent(username="anna")
+    locked = Client(REMOTE_ADDR="10.0.0.6").post("/app/login", {"username": "anna", "password": "wrong-password"})
+    assert locked.status_code == 429
+    policy = locked.headers["Content-Security-Policy"]
+    assert "unsafe-inline" not in policy
+    assert b"<style" not in locked.content and b"<script" not in locked.content and b" style=" not in locked.content
+    assert b"/static/app/locked.css" in locked.content
+
+
 def test_the_admin_login_page_is_locked_out_too(settings):
     settings.AXES_FAILURE_LIMIT = 3
     get_user_model().objects.create_superuser("boss", "boss@example.com", "boss-pass-123")
