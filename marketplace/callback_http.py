@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from django.conf import settings
 
@@ -148,6 +148,9 @@ def _lookup_within(host: str, port: int, timeout: float) -> tuple[IPAddress, ...
     return addresses
 
 
+_PRINTABLE_ASCII = "".join(chr(code) for code in range(0x21, 0x7F))
+
+
 def resolve(url: str, *, timeout: float) -> Destination:
     """Parse, resolve and check the URL; raises CallbackRefused or CallbackUnresolved."""
     parsed = urlsplit(url)
@@ -175,7 +178,9 @@ def resolve(url: str, *, timeout: float) -> Destination:
     if parsed.username is not None:
         credentials = f"{unquote(parsed.username)}:{unquote(parsed.password or '')}".encode()
         authorization = "Basic " + base64.b64encode(credentials).decode()
-    target = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
+    # The request line is ASCII: a path or query in other characters goes as UTF-8, percent-encoded
+    # (what a browser sends for the same URL); what is ASCII already, escapes included, is left alone.
+    target = quote((parsed.path or "/") + (f"?{parsed.query}" if parsed.query else ""), safe=_PRINTABLE_ASCII)
     return Destination(parsed.scheme, host, port, target, addresses, authorization)
 
 

@@ -264,6 +264,7 @@ def bot(integration: BotIntegration) -> BotClient:
 class ReceivedCallback:
     headers: dict[str, str]
     body: bytes
+    path: str = ""  # the request target as it arrived (path and query)
 
     @property
     def json(self) -> dict[str, Any]:
@@ -308,7 +309,7 @@ def callback_receiver() -> Iterator[CallbackReceiver]:
             else:
                 headers["x-answered"] = "2xx" if 200 <= action < 300 else str(action)
             with receiver.lock:
-                receiver.received.append(ReceivedCallback(headers, body))
+                receiver.received.append(ReceivedCallback(headers, body, self.path))
             try:
                 self.send_response(action)
                 self.end_headers()

@@ -222,6 +222,18 @@ def test_a_host_resolved_to_a_mix_of_allowed_and_refused_addresses_is_refused(
     assert event.state == "dead" and "169.254.169.254" in event.last_error
 
 
+def test_a_callback_url_with_a_non_ascii_path_is_delivered_percent_encoded(
+    make_integration, callback_receiver, limits, deliver_now
+):
+    integration = make_integration(callback_url=f"{callback_receiver.url}/ärende?fall=ö&ok=1")
+
+    event, _ = deliver_now(integration)
+
+    assert event.state == "delivered"
+    (request,) = callback_receiver.received
+    assert request.path == "/callbacks/%C3%A4rende?fall=%C3%B6&ok=1"
+
+
 def test_the_connection_goes_to_the_address_checked_with_the_original_host(
     make_integration, callback_receiver, limits, deliver_now, monkeypatch
 ):
