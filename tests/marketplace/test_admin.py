@@ -102,3 +102,17 @@ def test_editing_an_integration_in_admin_checks_the_url_again(admin_client, inte
     assert "callback_url" in response.context["adminform"].form.errors
     integration.refresh_from_db()
     assert integration.callback_url == "http://127.0.0.1:9/callbacks"
+
+
+def test_an_integration_whose_stored_url_is_no_longer_allowed_can_still_be_deactivated(
+    admin_client, integration, settings
+):
+    """Tightening CALLBACK_ALLOWED_NETWORKS must not lock the admin out of the integrations it now refuses."""
+    settings.CALLBACK_ALLOWED_NETWORKS = []  # its loopback URL is no longer allowed (deliveries refuse it)
+    url = reverse("admin:marketplace_botintegration_change", args=[quote(integration.pk)])
+
+    response = admin_client.post(url, {"name": "old bot", "callback_url": integration.callback_url, "active": ""})
+
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    integration.refresh_from_db()
+    assert (integration.name, integration.active) == ("old bot", False)
