@@ -11,6 +11,7 @@ from datetime import date, timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from payouts import selectors as payout_selectors
 from payouts.models import Earning, PayPolicy
 from payouts.services import floor
 
@@ -22,10 +23,9 @@ def floor_close_week(*, week_start: date) -> list[Earning]:
     if PayPolicy.current().floor_hourly_amount <= 0:
         return []
     start, end = floor.week_bounds(week_start)
-    engaged = {
-        agent_id: selectors.engaged_seconds(agent_id=agent_id, start=start, end=end)
-        for agent_id in selectors.engaged_agent_ids(start=start, end=end)
-    }
+    # Engaged time is measured only for the agents whose week is still open (a top-up is made once).
+    open_agents = selectors.engaged_agent_ids(start=start, end=end) - payout_selectors.floor_topped_up(week_start)
+    engaged = {agent_id: selectors.engaged_seconds(agent_id=agent_id, start=start, end=end) for agent_id in open_agents}
     return floor.floor_close_week(week_start=week_start, engaged_seconds=engaged)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import date, datetime, time
 from typing import Any
 
 from django.conf import settings
@@ -286,3 +286,10 @@ def transfer_state_label(transfer: Transfer) -> str:
     if state == Transfer.State.PAID and transfer.amount_reversed:
         return "Paid, partly reversed"
     return Transfer.State(state).label
+
+
+def floor_topped_up(week_start: date) -> set[str]:
+    """Agents whose week starting `week_start` already has its floor top-up (it is made once)."""
+    return set(
+        Earning.objects.filter(kind=Earning.Kind.FLOOR_TOPUP, week_start=week_start).values_list("agent_id", flat=True)
+    )
