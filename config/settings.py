@@ -217,6 +217,22 @@ CELERY_TASK_ROUTES = {"marketplace.tasks.deliver_callbacks": {"queue": "callback
 CELERY_TASK_ROUTES.update(
     {f"payouts.tasks.{name}": {"queue": "payouts"} for name in ("submit_transfer", "submit_reversal")}
 )
+# Dispatch runs in the process that made the change, right after its commit, on that
+# process's job threads (the embedded runner), even when TASK_RUNNER=celery: no broker
+# hop and no worker poll between an escalation, an accept or a resolution and the next
+# offer. The broker is the backstop, not the path: a process that dies with jobs not yet
+# run leaves conversations that the dispatch sweep offers (DISPATCH_SWEEP_MIN_WAIT_SECONDS),
+# offers that the offers sweep expires (OFFER_SWEEP_SECONDS) and agents that the presence
+# sweep releases, all run by celery beat on the workers.
+DISPATCH_IN_PROCESS = env_bool("DISPATCH_IN_PROCESS", True)
+IN_PROCESS_TASKS = (
+    frozenset(
+        f"dispatch.tasks.{name}"
+        for name in ("dispatch_conversation", "dispatch_agent", "expire_offer", "release_if_gone")
+    )
+    if DISPATCH_IN_PROCESS
+    else frozenset()
+)
 JOB_THREADS = {
     "celery": env_int("JOB_THREADS", 4),
     "callbacks": env_int("CALLBACK_THREADS", 8),

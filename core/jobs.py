@@ -97,6 +97,15 @@ def queue_of(task: Task) -> str:
     return str(settings.CELERY_TASK_ROUTES.get(task.name, {}).get("queue", settings.CELERY_TASK_DEFAULT_QUEUE))
 
 
+def runs_in_process(task: Task) -> bool:
+    """True when `task` runs on this process's job threads rather than through the broker.
+
+    Everything does in the embedded default; under Celery, the tasks named in
+    settings.IN_PROCESS_TASKS (dispatch's, whose sweepers on the workers are their backstop).
+    """
+    return settings.TASK_RUNNER != "celery" or task.name in settings.IN_PROCESS_TASKS
+
+
 def enqueue(task: Task, *args: Any, countdown: float = 0) -> None:
     """Start `task(*args)` after `countdown` seconds on the configured runner.
 
@@ -104,7 +113,7 @@ def enqueue(task: Task, *args: Any, countdown: float = 0) -> None:
     start whatever could not be sent now (a broker outage, say).
     """
     try:
-        if settings.TASK_RUNNER == "celery":
+        if not runs_in_process(task):
             task.apply_async(args=args, countdown=countdown or None)
         else:
             runner.submit(task.run, args, countdown, queue_of(task))
