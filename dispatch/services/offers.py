@@ -187,6 +187,8 @@ def offer_decline(*, offer_id: str, agent: Agent, reason: str = "") -> Offer:
 
 def offer_expire(*, offer_id: str) -> bool:
     """The timer ran out. Repeated misses set the agent away (and tell them)."""
+    if not Offer.objects.filter(pk=offer_id, state=Offer.State.PENDING).exists():
+        return False  # answered or withdrawn: most timers end here, with one read and no transaction
     with transaction.atomic():
         try:
             conversation, offer = _lock_offer(offer_id)
