@@ -7,6 +7,7 @@ view or admin assigns a state field directly.
 from __future__ import annotations
 
 import secrets
+from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -156,6 +157,10 @@ class BotIntegration(models.Model):
 
 
 class Conversation(models.Model):
+    # The wait estimate last told to the bot through this instance (conversation_notify_queued), so that
+    # the answer to the same request does not compute it a second time. Not a field: never stored.
+    told_estimate: Any = None
+
     class Status(models.TextChoices):
         QUEUED = "queued"
         OFFERED = "offered"

@@ -115,7 +115,7 @@ class ConversationOutputSerializer(serializers.Serializer):
     updated_at = serializers.DateTimeField()
 
     def to_representation(self, instance: Conversation) -> dict[str, Any]:
-        estimate = selectors.wait_estimate(instance)
+        estimate = instance.told_estimate or selectors.wait_estimate(instance)
         agent = instance.assigned_agent
         return super().to_representation(
             {

@@ -113,6 +113,7 @@ def conversation_notify_queued(
     if reason:
         data["reason"] = reason
     callbacks.callback_enqueue(conversation=conversation, type="conversation.queued", data=data)
+    conversation.told_estimate = estimate
     conversation.notified_position = estimate.queue_position
     conversation.notified_wait_seconds = estimate.seconds
     conversation.notified_at = timezone.now()
