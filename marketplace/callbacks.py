@@ -138,27 +138,28 @@ def _claim_head(conversation_id: str) -> CallbackEvent | _Busy | None:
         if not _bury_lost_last_attempt(head, now):
             return None  # its last attempt is still in flight
     limit = settings.CALLBACK_MAX_IN_FLIGHT_PER_INTEGRATION
-    if _in_flight(head.integration_id, now) >= limit:  # a read first: waiting costs no lock
-        return BUSY
     with transaction.atomic():
         # FOR NO KEY UPDATE: serializes claims per integration without blocking inserts that reference it.
         list(BotIntegration.objects.select_for_update(no_key=True).filter(pk=head.integration_id).values_list("pk"))
         now = timezone.now()
         if _in_flight(head.integration_id, now) >= limit:
             return BUSY
+        lease_seconds = _lease_seconds()
         claimed = outbox.claim(
             CallbackEvent.objects.filter(
                 pk=head.pk,
                 state=CallbackEvent.State.PENDING,
                 next_attempt_at__lte=now,
+                attempts=head.attempts,  # as read: so the claimed row's attempts and lease are known here
                 attempts__lt=F("max_attempts"),
             ),
-            lease_seconds=_lease_seconds(),
+            lease_seconds=lease_seconds,
             now=now,
         )
     if not claimed:
         return None  # another worker holds it
-    head.refresh_from_db(fields=["attempts", "lease_until"])
+    head.attempts += 1
+    head.lease_until = now + timedelta(seconds=lease_seconds)
     return head
 
 
