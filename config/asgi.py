@@ -20,7 +20,7 @@ edge.install_daphne_body_limit()
 application = edge.with_edge(
     ProtocolTypeRouter(
         {
-            "http": edge.BodyLimitMiddleware(django_asgi_app),
+            "http": edge.IntakeLimitMiddleware(edge.BodyLimitMiddleware(django_asgi_app)),
             "websocket": AgentAuthMiddleware(URLRouter(websocket_urlpatterns)),
         }
     )

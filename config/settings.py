@@ -233,6 +233,11 @@ IN_PROCESS_TASKS = (
     if DISPATCH_IN_PROCESS
     else frozenset()
 )
+# New escalations let into Django at once per web process; more get a 503 with Retry-After at the
+# edge (core/edge.py, IntakeLimitMiddleware), so that a surge cannot queue in front of the agents'
+# accepts and resolves on the process's one thread for sync code. 0 turns the limit off.
+INTAKE_MAX_IN_FLIGHT = env_int("INTAKE_MAX_IN_FLIGHT", 4)
+INTAKE_RETRY_AFTER_SECONDS = env_int("INTAKE_RETRY_AFTER_SECONDS", 1)
 JOB_THREADS = {
     "celery": env_int("JOB_THREADS", 4),
     "callbacks": env_int("CALLBACK_THREADS", 8),

@@ -9,6 +9,8 @@
   so an ASGI middleware alone cannot keep a large body out of memory:
   `install_daphne_body_limit` counts the body inside Daphne as it arrives, and
   `BodyLimitMiddleware` does the same for any ASGI server.
+- Intake: at most INTAKE_MAX_IN_FLIGHT new escalations in Django at once per process;
+  the others get a 503 with Retry-After before any work (`IntakeLimitMiddleware`).
 - Origin: a browser's WebSocket is the same site only if its Origin has the
   request's own scheme, host and port (or is in CSRF_TRUSTED_ORIGINS).
 """
@@ -117,6 +119,59 @@ class BodyLimitMiddleware:
             (b"connection", b"close"),
         ]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+INTAKE_PATH = "/api/v1/escalations"
+
+
+def overloaded_body(retry_after: int) -> bytes:
+    detail = "The service is taking in as many new conversations as it can hand out now; try again shortly."
+    return json.dumps({"error": {"code": "overloaded", "detail": detail, "retry_after_seconds": retry_after}}).encode()
+
+
+class IntakeLimitMiddleware:
+    """New escalations beyond INTAKE_MAX_IN_FLIGHT in this process at once are answered 503 at once.
+
+    Every request of a web process that reaches Django's sync code, and every database call
+    of its agents' sockets, waits for that process's one thread for sync code (asgiref's
+    thread-sensitive mode). A surge of escalations queued there would hold up the agents'
+    accepts and resolves behind it: intake would starve dispatch and offers would collapse
+    (docs/BENCHMARKS.md). So only a few new escalations are let into Django at a time; the
+    others get a `503` with `Retry-After` here, on the event loop, without a database call
+    or a signature check, and nothing is stored for them. A bot's retry of the same
+    `external_id` later is an ordinary first request. Calls about existing conversations
+    (messages, cancel, rating, reopen, GET) are never refused here.
+    """
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.in_flight = 0  # one event loop per process: no lock needed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = int(settings.INTAKE_MAX_IN_FLIGHT)
+        if not (limit and scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == INTAKE_PATH):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= limit:
+            await self._refuse(send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    @staticmethod
+    async def _refuse(send: Send) -> None:
+        retry_after = max(1, round(float(settings.INTAKE_RETRY_AFTER_SECONDS)))
+        body = overloaded_body(retry_after)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", str(retry_after).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 
