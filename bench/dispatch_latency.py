@@ -514,7 +514,22 @@ def report(
         f"escalations={len(sent)} of {len(posted)} posted (non-201: {len(refused)}), offered={len(first_offer)}, "
         f"never offered={never}, assigned={len(assigned)}, ws errors={errors}"
     )
+    statuses: dict[str, int] = {}
+    for p in posted:
+        statuses[str(p["status"])] = statuses.get(str(p["status"]), 0) + 1
+    print("answers to the bot: " + ", ".join(f"{code} x{n}" for code, n in sorted(statuses.items())))
+    # Offers made in each 5 s of the measured window: "no collapse" means the lowest stays near the ceiling.
+    slices = [
+        sum(1 for t in first_offer.values() if start + k * 5 <= t < start + (k + 1) * 5) / 5
+        for k in range(int(window // 5))
+    ]
+    if slices:
+        each = " ".join(f"{v:.1f}" for v in slices)
+        print(f"offers/s in each 5 s: min {min(slices):.1f}, max {max(slices):.1f}  [{each}]")
+    accepted = len(sent) or 1
     total = len(posted) or 1
+    server_ms = sum(v for k, v in cpu.items() if not k.startswith("load")) * 1000
+    print(f"server CPU per conversation taken in (201): {server_ms / accepted:.1f} ms")
     print(
         f"CPU by part of the system: idle (before the load, {args.idle_seconds:g} s) and per escalation "
         f"(all {len(posted)} posted, warm-up included, the idle rate taken off):"
@@ -536,7 +551,8 @@ def report(
             "post": [percentile(http, q) for q in (50, 99)], "floor": [floor_p50, floor_p99],
             "api_rate": len(measured) / window, "offer_rate": offers_in_window / window,
             "assigned_rate": assigned_in_window / window, "non_201": len(refused), "never_offered": never,
-            "ws_errors": errors, "n": len(to_offer),
+            "ws_errors": errors, "n": len(to_offer), "statuses": statuses, "offer_rate_slices": slices,
+            "cpu_ms_per_conversation": server_ms / accepted,
         }  # fmt: skip
         with open(args.out, "a") as out:
             out.write(json.dumps(row) + "\n")
