@@ -238,6 +238,9 @@ IN_PROCESS_TASKS = (
 # accepts and resolves on the process's one thread for sync code. 0 turns the limit off.
 INTAKE_MAX_IN_FLIGHT = env_int("INTAKE_MAX_IN_FLIGHT", 4)
 INTAKE_RETRY_AFTER_SECONDS = env_int("INTAKE_RETRY_AFTER_SECONDS", 1)
+# Threads per web process for the agents' socket actions (accept, decline, message, resolve, status),
+# apart from the one thread that serves HTTP requests (dispatch/consumers.py).
+AGENT_ACTION_THREADS = env_int("AGENT_ACTION_THREADS", 4)
 JOB_THREADS = {
     "celery": env_int("JOB_THREADS", 4),
     "callbacks": env_int("CALLBACK_THREADS", 8),

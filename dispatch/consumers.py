@@ -12,11 +12,14 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
+from channels.db import DatabaseSyncToAsync, database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 from django.db import DatabaseError
 
 from marketplace import access
@@ -27,6 +30,21 @@ from .services import conversations, offers, presence
 from .services import errors as dispatch_errors
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# The agents' own actions (accept, decline, a message, resolve, a status) run on threads of their
+# own, not on the process's one thread for sync code, where every HTTP request of the process waits
+# its turn: a surge of bot requests queued there held each accept up for seconds (intake starved
+# dispatch: docs/BENCHMARKS.md, issue 13). Each action is one trip, its agent row read on the way.
+_actions = ThreadPoolExecutor(settings.AGENT_ACTION_THREADS, thread_name_prefix="agent-action")
+
+
+def _agent_action(service: Callable[..., T], agent_id: str, **kwargs: Any) -> Callable[[], Any]:
+    def run() -> T:
+        return service(agent=Agent.objects.get(pk=agent_id), **kwargs)
+
+    return DatabaseSyncToAsync(run, thread_sensitive=False, executor=_actions)
 
 
 class AgentConsumer(AsyncWebsocketConsumer):
@@ -181,30 +199,31 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     async def on_presence(self, content: dict[str, Any]) -> None:
         status = protocol.choice(content, "status", Agent.Status.values, "status: one of online, away, offline.")
-        await database_sync_to_async(presence.agent_set_status)(
+        await DatabaseSyncToAsync(presence.agent_set_status, thread_sensitive=False, executor=_actions)(
             agent_id=self.agent_id, status=status, actor=f"agent:{self.agent_id}"
         )
 
     async def on_offer_accept(self, content: dict[str, Any]) -> None:
         offer_id = protocol.field(content, "offer_id")
-        agent = await self._agent()
-        await database_sync_to_async(offers.offer_accept)(offer_id=offer_id, agent=agent)
+        await _agent_action(offers.offer_accept, self.agent_id, offer_id=offer_id)()
 
     async def on_offer_decline(self, content: dict[str, Any]) -> None:
         offer_id = protocol.field(content, "offer_id")
         reason = protocol.field(content, "reason", required=False)
-        agent = await self._agent()
-        await database_sync_to_async(offers.offer_decline)(offer_id=offer_id, agent=agent, reason=reason)
+        await _agent_action(offers.offer_decline, self.agent_id, offer_id=offer_id, reason=reason)()
         await self.send_json({"type": "offer.declined", "offer_id": offer_id})
 
     async def on_message_send(self, content: dict[str, Any]) -> None:
         conversation_id = protocol.field(content, "conversation_id")
         text = protocol.field(content, "text", max_length=20_000)
         client_id = protocol.field(content, "client_id")
-        agent = await self._agent()
-        await database_sync_to_async(conversations.conversation_add_agent_message)(
-            conversation_id=conversation_id, agent=agent, text=text, client_id=client_id
-        )
+        await _agent_action(
+            conversations.conversation_add_agent_message,
+            self.agent_id,
+            conversation_id=conversation_id,
+            text=text,
+            client_id=client_id,
+        )()
 
     async def on_conversation_resolve(self, content: dict[str, Any]) -> None:
         conversation_id = protocol.field(content, "conversation_id")
@@ -212,13 +231,13 @@ class AgentConsumer(AsyncWebsocketConsumer):
             content, "outcome", Conversation.Outcome.values, "outcome: one of resolved, unresolved."
         )
         note = protocol.field(content, "note", max_length=5_000, required=False)
-        agent = await self._agent()
-        await database_sync_to_async(conversations.conversation_resolve)(
-            conversation_id=conversation_id, agent=agent, outcome=outcome, note=note
-        )
-
-    async def _agent(self) -> Agent:
-        return await Agent.objects.aget(pk=self.agent_id)
+        await _agent_action(
+            conversations.conversation_resolve,
+            self.agent_id,
+            conversation_id=conversation_id,
+            outcome=outcome,
+            note=note,
+        )()
 
     HANDLERS = {
         "ping": on_ping,
