@@ -40,6 +40,23 @@ T = TypeVar("T")
 _actions = ThreadPoolExecutor(settings.AGENT_ACTION_THREADS, thread_name_prefix="agent-action")
 
 
+def close_action_connections() -> None:
+    """Close the database connection of every socket-action thread (tests: each test starts afresh)."""
+    from threading import Barrier
+
+    from django.db import connections
+
+    threads = _actions._max_workers
+    barrier = Barrier(threads)
+
+    def close() -> None:
+        barrier.wait(timeout=30)  # every thread holds one of these, so each closes its own connection
+        connections.close_all()
+
+    for future in [_actions.submit(close) for _ in range(threads)]:
+        future.result(timeout=30)
+
+
 def _agent_action(service: Callable[..., T], agent_id: str, **kwargs: Any) -> Callable[[], Any]:
     def run() -> T:
         return service(agent=Agent.objects.get(pk=agent_id), **kwargs)

@@ -96,6 +96,9 @@ def _close_connections_of_the_async_thread() -> None:
     from django.db import connections
 
     SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
+    from dispatch import consumers  # the agents' socket actions run on threads of their own
+
+    consumers.close_action_connections()
 
 
 @dataclass
