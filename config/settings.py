@@ -236,7 +236,7 @@ IN_PROCESS_TASKS = (
 # New escalations let into Django at once per web process; more get a 503 with Retry-After at the
 # edge (core/edge.py, IntakeLimitMiddleware), so that a surge cannot queue in front of the agents'
 # accepts and resolves on the process's one thread for sync code. 0 turns the limit off.
-INTAKE_MAX_IN_FLIGHT = env_int("INTAKE_MAX_IN_FLIGHT", 4)
+INTAKE_MAX_IN_FLIGHT = env_int("INTAKE_MAX_IN_FLIGHT", 2)
 INTAKE_RETRY_AFTER_SECONDS = env_int("INTAKE_RETRY_AFTER_SECONDS", 1)
 # Threads per web process for the agents' socket actions (accept, decline, message, resolve, status),
 # apart from the one thread that serves HTTP requests (dispatch/consumers.py).
