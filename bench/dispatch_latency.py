@@ -394,7 +394,7 @@ def coordinator(args: argparse.Namespace) -> None:
             stack.enter_context(celery_worker(env, logs / f"worker-{n}.log", concurrency=8, queues="celery"))
         stack.enter_context(celery_worker(env, logs / "callbacks.log", concurrency=8, queues="callbacks,payouts"))
         stack.enter_context(celery_beat(env, logs / "beat.log", logs))
-        bases = [stack.enter_context(daphne(env, logs / f"daphne-{n}.log")) for n in (1, 2)]
+        bases = [stack.enter_context(daphne(env, logs / f"daphne-{n}.log")) for n in range(1, args.web + 1)]
         floor = measure_floor(args.floor_samples, integration.id)
 
         print(f"connecting {len(tokens)} agents across {len(bases)} Daphne processes ...", flush=True)
@@ -495,7 +495,7 @@ def report(
     errors = sum(1 for e in events if e["kind"] == "error")
     print()
     print(f"agents={args.agents} rate={args.rate}/s duration={args.duration}s (+{args.warmup}s warm-up not counted)")
-    print(f"cpu cores={os.cpu_count()} dispatch workers={args.workers} (+1 for callbacks), daphne processes=2")
+    print(f"cpu cores={os.cpu_count()} dispatch workers={args.workers} (+1 for callbacks), daphne processes={args.web}")
     print(summary("escalation -> offer", to_offer))
     print(summary("accept -> assigned", to_assigned))
     print(summary("bot POST (HTTP answer)", http))
@@ -545,7 +545,8 @@ def report(
         row = {
             "cpu_ms": {role: seconds * 1000 / total for role, seconds in cpu.items()},
             "cpu_idle": cpu_idle,
-            "agents": args.agents, "rate": args.rate, "duration": args.duration, "workers": args.workers,
+            "agents": args.agents, "rate": args.rate, "duration": args.duration,
+            "workers": args.workers, "web": args.web,
             "offer": [percentile(to_offer, q) for q in (50, 99)], "offer_max": max(to_offer, default=None),
             "assigned": [percentile(to_assigned, q) for q in (50, 99)],
             "post": [percentile(http, q) for q in (50, 99)], "floor": [floor_p50, floor_p99],
@@ -567,6 +568,7 @@ def main() -> None:
     parser.add_argument("--handle", type=float, nargs=2, default=(0.2, 0.8), help="resolve after U(a, b) seconds")
     parser.add_argument("--out", help="append a JSON line with the figures to this file (bench/plot_dispatch.py)")
     parser.add_argument("--workers", type=int, default=1, help="Celery worker processes for the default queue")
+    parser.add_argument("--web", type=int, default=2, help="Daphne processes (the agents are split across them)")
     parser.add_argument("--floor-samples", type=int, default=300)
     parser.add_argument("--idle-seconds", type=float, default=10, help="CPU measured idle before the load")
     parser.add_argument("--chat", action="store_true", help="agents send one message before resolving")
