@@ -199,6 +199,38 @@ def test_resolving_frees_the_slot_and_offers_the_next_at_once(escalate, make_age
     assert (agent.active_count, agent.resolved_count) == (0, 1)
 
 
+def test_the_resolve_itself_offers_the_freed_agent_the_next_conversation_with_no_job(
+    escalate, make_agent, recorded_jobs
+):
+    """Issue 13.5: the hand-off is part of the resolve's transaction, sent on its commit."""
+    agent = make_agent(capacity=1)
+    first = escalate()
+    waiting = escalate()
+    recorded_jobs.run("dispatch_conversation")
+    offers.offer_accept(offer_id=offer_of(first).pk, agent=agent)
+    recorded_jobs.clear()
+
+    dispatch_conversations.conversation_resolve(conversation_id=first.pk, agent=agent, outcome="resolved")
+
+    assert offer_of(waiting).agent_id == agent.pk  # no job was run
+    assert "dispatch_agent" not in recorded_jobs.names()  # and none is needed
+    refresh(waiting)
+    assert waiting.status == "offered"
+
+
+def test_with_nothing_to_offer_the_resolve_leaves_the_agent_to_its_dispatch_job(escalate, make_agent, recorded_jobs):
+    agent = make_agent(capacity=1)
+    first = escalate()
+    recorded_jobs.run("dispatch_conversation")
+    offers.offer_accept(offer_id=offer_of(first).pk, agent=agent)
+    recorded_jobs.clear()
+
+    dispatch_conversations.conversation_resolve(conversation_id=first.pk, agent=agent, outcome="resolved")
+
+    # a conversation that arrives while the resolve is open is seen by the job after its commit
+    assert "dispatch_agent" in recorded_jobs.names()
+
+
 def test_ranking_weighs_quality_not_just_idle_time(escalate, make_agent):
     long_idle_poor = make_agent()
     recent_excellent = make_agent()
