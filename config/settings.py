@@ -233,11 +233,15 @@ IN_PROCESS_TASKS = (
     if DISPATCH_IN_PROCESS
     else frozenset()
 )
-# New escalations let into Django at once per web process; more get a 503 with Retry-After at the
+# New escalations let into Django at once per web process; more wait, then get a 503 with Retry-After at the
 # edge (core/edge.py, IntakeLimitMiddleware), so that a surge cannot queue in front of the agents'
 # accepts and resolves on the process's one thread for sync code. 0 turns the limit off.
 INTAKE_MAX_IN_FLIGHT = env_int("INTAKE_MAX_IN_FLIGHT", 2)
 INTAKE_RETRY_AFTER_SECONDS = env_int("INTAKE_RETRY_AFTER_SECONDS", 1)
+# How many more may wait for a turn at the edge (on the event loop, first come first served), and for
+# how long, before they are answered 503: a burst is smoothed, a surge is refused.
+INTAKE_MAX_WAITING = env_int("INTAKE_MAX_WAITING", 32)
+INTAKE_MAX_WAIT_SECONDS = env_float("INTAKE_MAX_WAIT_SECONDS", 1.0)
 # Threads per web process for the agents' socket actions (accept, decline, message, resolve, status),
 # apart from the one thread that serves HTTP requests (dispatch/consumers.py).
 AGENT_ACTION_THREADS = env_int("AGENT_ACTION_THREADS", 4)

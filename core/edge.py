@@ -9,17 +9,20 @@
   so an ASGI middleware alone cannot keep a large body out of memory:
   `install_daphne_body_limit` counts the body inside Daphne as it arrives, and
   `BodyLimitMiddleware` does the same for any ASGI server.
-- Intake: at most INTAKE_MAX_IN_FLIGHT new escalations in Django at once per process;
-  the others get a 503 with Retry-After before any work (`IntakeLimitMiddleware`).
+- Intake: at most INTAKE_MAX_IN_FLIGHT new escalations in Django at once per process, a few
+  more waiting briefly; the others get a 503 with Retry-After before any work
+  (`IntakeLimitMiddleware`).
 - Origin: a browser's WebSocket is the same site only if its Origin has the
   request's own scheme, host and port (or is in CSRF_TRUSTED_ORIGINS).
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
@@ -131,36 +134,71 @@ def overloaded_body(retry_after: int) -> bytes:
 
 
 class IntakeLimitMiddleware:
-    """New escalations beyond INTAKE_MAX_IN_FLIGHT in this process at once are answered 503 at once.
+    """At most INTAKE_MAX_IN_FLIGHT new escalations in Django at once per process; a few more wait
+    their turn here, and beyond that they are answered 503 at once.
 
-    Every request of a web process that reaches Django's sync code, and every database call
-    of its agents' sockets, waits for that process's one thread for sync code (asgiref's
-    thread-sensitive mode). A surge of escalations queued there would hold up the agents'
-    accepts and resolves behind it: intake would starve dispatch and offers would collapse
-    (docs/BENCHMARKS.md). So only a few new escalations are let into Django at a time; the
-    others get a `503` with `Retry-After` here, on the event loop, without a database call
-    or a signature check, and nothing is stored for them. A bot's retry of the same
-    `external_id` later is an ordinary first request. Calls about existing conversations
-    (messages, cancel, rating, reopen, GET) are never refused here.
+    Every request of a web process that reaches Django's sync code waits for that process's
+    one thread for sync code (asgiref's thread-sensitive mode). A surge of escalations queued
+    there took the CPU and the thread that dispatch and the agents' accepts need: offers
+    collapsed (docs/BENCHMARKS.md). So only a few new escalations are let into Django at a
+    time; up to INTAKE_MAX_WAITING more wait here, on the event loop, first come first served,
+    for at most INTAKE_MAX_WAIT_SECONDS (a burst is smoothed, not refused); the rest, and those
+    that waited too long, get a `503` with `Retry-After` without a database call or a
+    signature check, and nothing is stored for them. A bot's retry of the same `external_id`
+    later is an ordinary first request. Calls about existing conversations (messages, cancel,
+    rating, reopen, GET) are never held or refused here.
     """
 
     def __init__(self, app: App) -> None:
         self.app = app
         self.in_flight = 0  # one event loop per process: no lock needed
+        self.waiters: deque[asyncio.Future[None]] = deque()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = int(settings.INTAKE_MAX_IN_FLIGHT)
         if not (limit and scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == INTAKE_PATH):
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= limit:
+        if not await self._enter(limit):
             await self._refuse(send)
             return
-        self.in_flight += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.in_flight -= 1
+            self._leave()
+
+    async def _enter(self, limit: int) -> bool:
+        """Take a slot, waiting in line for one if need be; False when the line is full or too slow."""
+        if self.in_flight < limit and not self.waiters:
+            self.in_flight += 1
+            return True
+        if len(self.waiters) >= int(settings.INTAKE_MAX_WAITING):
+            return False
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(turn)
+        try:
+            await asyncio.wait_for(asyncio.shield(turn), float(settings.INTAKE_MAX_WAIT_SECONDS))
+            return True
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if turn.done():  # the slot was handed over as the wait ended: it is this request's
+                if isinstance(exc, asyncio.CancelledError):  # the client left: pass the slot on
+                    self._leave()
+                    raise
+                return True
+            self.waiters.remove(turn)
+            turn.cancel()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return False
+
+    def _leave(self) -> None:
+        """Hand the slot to the first request waiting, or give it back."""
+        while self.waiters:
+            turn = self.waiters.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.in_flight -= 1
 
     @staticmethod
     async def _refuse(send: Send) -> None:

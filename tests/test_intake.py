@@ -38,7 +38,12 @@ def test_a_surge_beyond_the_intake_limit_is_503_with_retry_after_and_nothing_of_
     make_integration, tmp_path
 ):
     integration = make_integration()
-    env = service_env(INTAKE_MAX_IN_FLIGHT="1", INTAKE_RETRY_AFTER_SECONDS="2", BOT_RATE_LIMIT_PER_MINUTE="100000")
+    env = service_env(
+        INTAKE_MAX_IN_FLIGHT="1",
+        INTAKE_MAX_WAITING="0",
+        INTAKE_RETRY_AFTER_SECONDS="2",
+        BOT_RATE_LIMIT_PER_MINUTE="100000",
+    )
     with daphne(env, tmp_path / "daphne.log") as base:
         first = signed_post(requests.Session(), base, integration, "/api/v1/escalations", {"external_id": "s-0"})
         assert first.status_code == 201, first.text
@@ -75,6 +80,7 @@ def test_a_surge_beyond_the_intake_limit_is_503_with_retry_after_and_nothing_of_
 
 async def test_the_limit_counts_only_new_escalations_and_frees_its_slot_when_the_answer_is_sent(settings):
     settings.INTAKE_MAX_IN_FLIGHT = 1
+    settings.INTAKE_MAX_WAITING = 0
     settings.INTAKE_RETRY_AFTER_SECONDS = 1
     release = asyncio.Event()
 
@@ -105,3 +111,47 @@ async def test_the_limit_counts_only_new_escalations_and_frees_its_slot_when_the
     assert limited.in_flight == 0
     after = ApplicationCommunicator(limited, scope("POST", "/api/v1/escalations"))
     assert (await after.receive_output(timeout=2))["status"] == 201
+
+
+async def test_a_burst_waits_its_turn_in_order_and_only_a_full_or_slow_line_is_refused(settings):
+    settings.INTAKE_MAX_IN_FLIGHT = 1
+    settings.INTAKE_MAX_WAITING = 2
+    settings.INTAKE_MAX_WAIT_SECONDS = 0.5
+    gates: list[asyncio.Event] = []
+    served: list[int] = []
+
+    async def app(scope, receive, send):
+        gate = asyncio.Event()
+        gates.append(gate)
+        await gate.wait()
+        served.append(scope["n"])
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    limited = edge.IntakeLimitMiddleware(app)
+
+    async def post(n: int) -> ApplicationCommunicator:
+        scope = {"type": "http", "method": "POST", "path": "/api/v1/escalations", "headers": [], "n": n}
+        communicator = ApplicationCommunicator(limited, scope)
+        await communicator.send_input({"type": "http.request", "body": b"{}"})  # starts it
+        await asyncio.sleep(0.02)
+        return communicator
+
+    first, second, third = await post(1), await post(2), await post(3)  # 1 is in, 2 and 3 wait in line
+    assert (len(gates), len(limited.waiters)) == (1, 2)
+    fourth = await post(4)
+    assert (await fourth.receive_output(timeout=1))["status"] == 503  # the line is full: refused at once
+
+    gates[0].set()  # 1 is answered: its slot goes to 2, the first in line
+    assert (await first.receive_output(timeout=1))["status"] == 201
+    await asyncio.sleep(0.05)
+    assert len(gates) == 2 and limited.in_flight == 1
+    start = await third.receive_output(timeout=2)  # 3 waited past INTAKE_MAX_WAIT_SECONDS behind 2
+    assert start["status"] == 503
+    gates[1].set()
+    assert (await second.receive_output(timeout=1))["status"] == 201
+    assert served == [1, 2]
+    for communicator in (first, second):
+        await communicator.receive_output(timeout=1)
+        await communicator.wait(timeout=1)
+    assert (limited.in_flight, len(limited.waiters)) == (0, 0)
