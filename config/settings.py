@@ -409,7 +409,12 @@ PLATFORM_CURRENCY = env_str("PLATFORM_CURRENCY", "usd").lower()
 # Bot API
 BOT_SIGNATURE_TOLERANCE_SECONDS = env_int("BOT_SIGNATURE_TOLERANCE_SECONDS", 300)
 BOT_MAX_BODY_BYTES = env_int("BOT_MAX_BODY_BYTES", 256 * 1024)
+# Each integration's requests are a token bucket: BOT_RATE_LIMIT_PER_MINUTE sustained, and up to
+# BOT_RATE_BURST at once (never more than a minute's worth); an integration may set its own of both.
 BOT_RATE_LIMIT_PER_MINUTE = env_int("BOT_RATE_LIMIT_PER_MINUTE", 1200)
+BOT_RATE_BURST = env_int("BOT_RATE_BURST", 60)
+if BOT_RATE_LIMIT_PER_MINUTE < 1 or BOT_RATE_BURST < 1:
+    raise ImproperlyConfigured("BOT_RATE_LIMIT_PER_MINUTE and BOT_RATE_BURST must be at least 1")
 SECRET_ROTATION_OVERLAP_SECONDS = env_int("SECRET_ROTATION_OVERLAP_SECONDS", 86_400)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(BOT_MAX_BODY_BYTES, REQUEST_MAX_BODY_BYTES)
 
