@@ -480,6 +480,16 @@ SLA_TARGET_RATIO = env_float("SLA_TARGET_RATIO", 0.8)
 if SLA_ANSWER_SECONDS <= 0 or not 0 < SLA_TARGET_RATIO <= 1:
     raise ImproperlyConfigured("SLA_ANSWER_SECONDS must be positive and SLA_TARGET_RATIO in (0, 1]")
 
+# Admission control (dispatch/services/admission.py): a new escalation whose wait estimate is over
+# ADMISSION_SLA_SECONDS is refused with a 503 and Retry-After (at most ADMISSION_RETRY_AFTER_MAX_SECONDS),
+# nothing stored. The figure is kept per process for ADMISSION_ESTIMATE_MAX_AGE_SECONDS (0: read every time).
+ADMISSION_CONTROL = env_bool("ADMISSION_CONTROL", True)
+ADMISSION_SLA_SECONDS = env_float("ADMISSION_SLA_SECONDS", 600)
+ADMISSION_RETRY_AFTER_MAX_SECONDS = env_int("ADMISSION_RETRY_AFTER_MAX_SECONDS", 60)
+ADMISSION_ESTIMATE_MAX_AGE_SECONDS = env_float("ADMISSION_ESTIMATE_MAX_AGE_SECONDS", 1)
+if ADMISSION_SLA_SECONDS <= 0 or ADMISSION_RETRY_AFTER_MAX_SECONDS < 1 or ADMISSION_ESTIMATE_MAX_AGE_SECONDS < 0:
+    raise ImproperlyConfigured("ADMISSION_SLA_SECONDS must be positive, ADMISSION_RETRY_AFTER_MAX_SECONDS at least 1")
+
 # Queue and wait estimate
 # Priority is a head start in the queue: an urgent conversation is ordered as if
 # it had arrived this many seconds earlier. Age therefore always wins in the end,
