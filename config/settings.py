@@ -413,7 +413,12 @@ PLATFORM_CURRENCY = env_str("PLATFORM_CURRENCY", "usd").lower()
 # Bot API
 BOT_SIGNATURE_TOLERANCE_SECONDS = env_int("BOT_SIGNATURE_TOLERANCE_SECONDS", 300)
 BOT_MAX_BODY_BYTES = env_int("BOT_MAX_BODY_BYTES", 256 * 1024)
+# Each integration's requests are a token bucket: BOT_RATE_LIMIT_PER_MINUTE sustained, and up to
+# BOT_RATE_BURST at once (never more than a minute's worth); an integration may set its own of both.
 BOT_RATE_LIMIT_PER_MINUTE = env_int("BOT_RATE_LIMIT_PER_MINUTE", 1200)
+BOT_RATE_BURST = env_int("BOT_RATE_BURST", 60)
+if BOT_RATE_LIMIT_PER_MINUTE < 1 or BOT_RATE_BURST < 1:
+    raise ImproperlyConfigured("BOT_RATE_LIMIT_PER_MINUTE and BOT_RATE_BURST must be at least 1")
 SECRET_ROTATION_OVERLAP_SECONDS = env_int("SECRET_ROTATION_OVERLAP_SECONDS", 86_400)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(BOT_MAX_BODY_BYTES, REQUEST_MAX_BODY_BYTES)
 
@@ -478,6 +483,16 @@ SLA_ANSWER_SECONDS = env_float("SLA_ANSWER_SECONDS", 60)
 SLA_TARGET_RATIO = env_float("SLA_TARGET_RATIO", 0.8)
 if SLA_ANSWER_SECONDS <= 0 or not 0 < SLA_TARGET_RATIO <= 1:
     raise ImproperlyConfigured("SLA_ANSWER_SECONDS must be positive and SLA_TARGET_RATIO in (0, 1]")
+
+# Admission control (dispatch/services/admission.py): a new escalation whose wait estimate is over
+# ADMISSION_SLA_SECONDS is refused with a 503 and Retry-After (at most ADMISSION_RETRY_AFTER_MAX_SECONDS),
+# nothing stored. The figure is kept per process for ADMISSION_ESTIMATE_MAX_AGE_SECONDS (0: read every time).
+ADMISSION_CONTROL = env_bool("ADMISSION_CONTROL", True)
+ADMISSION_SLA_SECONDS = env_float("ADMISSION_SLA_SECONDS", 600)
+ADMISSION_RETRY_AFTER_MAX_SECONDS = env_int("ADMISSION_RETRY_AFTER_MAX_SECONDS", 60)
+ADMISSION_ESTIMATE_MAX_AGE_SECONDS = env_float("ADMISSION_ESTIMATE_MAX_AGE_SECONDS", 1)
+if ADMISSION_SLA_SECONDS <= 0 or ADMISSION_RETRY_AFTER_MAX_SECONDS < 1 or ADMISSION_ESTIMATE_MAX_AGE_SECONDS < 0:
+    raise ImproperlyConfigured("ADMISSION_SLA_SECONDS must be positive, ADMISSION_RETRY_AFTER_MAX_SECONDS at least 1")
 
 # Queue and wait estimate
 # Priority is a head start in the queue: an urgent conversation is ordered as if

@@ -37,6 +37,22 @@ class PayloadTooLarge(ApiError):
     default_detail = "The request body is too large."
 
 
+class Overloaded(ApiError):
+    """A 503 with Retry-After: the service cannot take this on now; nothing was done or stored.
+
+    `extra` goes into the error body beside `code` and `detail` (an estimate the client can act on).
+    """
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "overloaded"
+    default_detail = "The service is busy; nothing was done. Try again after Retry-After seconds."
+
+    def __init__(self, detail: str | None = None, *, retry_after: int, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(detail)
+        self.wait = max(1, retry_after)  # DRF's handler sends it as Retry-After
+        self.extra = extra or {}
+
+
 _CODES: dict[type[exceptions.APIException], str] = {
     exceptions.ParseError: "invalid_json",
     exceptions.AuthenticationFailed: "unauthorized",
@@ -101,8 +117,10 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         field = getattr(exc, "field", None)
         if isinstance(field, str):  # an error about one header or parameter names it, as validation errors do
             body["field"] = field
+    if isinstance(exc, Overloaded):
+        body.update(exc.extra)
     wait = getattr(exc, "wait", None)
-    if isinstance(exc, exceptions.Throttled) and wait is not None:
+    if isinstance(exc, (exceptions.Throttled, Overloaded)) and wait is not None:
         body["retry_after_seconds"] = math.ceil(wait)
     response.data = {"error": body}
     return response

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import cast
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
@@ -41,8 +41,56 @@ _ERRORS = {
     ),
     404: OpenApiResponse(description="No such conversation for this integration"),
     413: OpenApiResponse(description="Body larger than BOT_MAX_BODY_BYTES"),
-    429: OpenApiResponse(description="Rate limit; see the Retry-After header"),
+    429: OpenApiResponse(
+        description=(
+            "`rate_limited`: the integration's token bucket is empty (BOT_RATE_BURST at once, "
+            "BOT_RATE_LIMIT_PER_MINUTE sustained, or the integration's own). Nothing was done; `Retry-After` "
+            "(whole seconds, at least 1) and `error.retry_after_seconds` say when a token is back"
+        ),
+        examples=[
+            OpenApiExample(
+                "rate_limited",
+                value={
+                    "error": {
+                        "code": "rate_limited",
+                        "detail": "Request was throttled. Expected available in 1 second.",
+                        "retry_after_seconds": 1,
+                    }
+                },
+                response_only=True,
+                status_codes=["429"],
+            )
+        ],
+    ),
 }
+
+# Only a new escalation can be refused for load: calls about existing conversations never are.
+_OVERLOADED = OpenApiResponse(
+    description=(
+        "`overloaded`: a new escalation (an external_id not seen before) that would wait past "
+        "ADMISSION_SLA_SECONDS; `error.estimated_wait_seconds` is the wait it would have been told, "
+        "`Retry-After` and `error.retry_after_seconds` when to try again. Nothing was stored. The same code "
+        "without an estimate: the web process had INTAKE_MAX_IN_FLIGHT new escalations in hand at once"
+    ),
+    examples=[
+        OpenApiExample(
+            "overloaded",
+            value={
+                "error": {
+                    "code": "overloaded",
+                    "detail": (
+                        "More conversations are waiting than the agents online can answer within 600 s: this one "
+                        "would wait about 842 s. Nothing was stored; escalate again after Retry-After seconds."
+                    ),
+                    "estimated_wait_seconds": 842,
+                    "retry_after_seconds": 60,
+                }
+            },
+            response_only=True,
+            status_codes=["503"],
+        )
+    ],
+)
 
 
 class BotApi(APIView):
@@ -79,10 +127,12 @@ class EscalationCreateApi(BotApi):
             200: ConversationOutputSerializer,
             409: OpenApiResponse(description="The same external_id with another body (`idempotency_mismatch`)"),
             **_ERRORS,
+            503: _OVERLOADED,
         },
         description=(
             "Hand a conversation to a human. The same external_id with the same body again answers 200 with that "
-            "conversation; with another body 409 `idempotency_mismatch`."
+            "conversation (even while new ones are refused); with another body 409 `idempotency_mismatch`. "
+            "A new one that would wait past ADMISSION_SLA_SECONDS is refused with 503 `overloaded`."
         ),
     )
     def post(self, request: Request) -> Response:

@@ -153,7 +153,13 @@ class AgentAdmin(admin.ModelAdmin):
 class BotIntegrationForm(forms.ModelForm):
     class Meta:
         model = BotIntegration
-        fields = ("name", "callback_url", "active", "rate_limit_per_minute")  # the rest is read-only in admin
+        fields = (
+            "name",
+            "callback_url",
+            "active",
+            "rate_limit_per_minute",
+            "rate_burst",
+        )  # the rest is read-only in admin
 
     def _get_validation_exclusions(self) -> set[str]:
         # A callback URL is checked against CALLBACK_ALLOWED_NETWORKS when it is set, and again at every
@@ -168,7 +174,7 @@ class BotIntegrationForm(forms.ModelForm):
 @admin.register(BotIntegration)
 class BotIntegrationAdmin(admin.ModelAdmin):
     form = BotIntegrationForm
-    list_display = ("name", "id", "callback_url", "active", "rate_limit_per_minute", "created_at")
+    list_display = ("name", "id", "callback_url", "active", "rate_limit_per_minute", "rate_burst", "created_at")
     list_filter = ("active",)
     search_fields = ("name", "id", "callback_url")
     readonly_fields = ("id", "secret", "previous_secret", "previous_secret_expires_at", "created_at")

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import re
-import time
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import cache
 from django.core.exceptions import RequestDataTooBig
 from django.http.request import RawPostDataException
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions, status, throttling
 from rest_framework.request import Request
 
+from core import ratelimit
 from core.errors import ApiError, PayloadTooLarge
 
 from . import signing
@@ -131,10 +131,11 @@ class IsBotIntegration(permissions.BasePermission):
 
 
 class BotRateThrottle(throttling.BaseThrottle):
-    """A fixed one-minute window per integration, counted atomically in the cache.
+    """A token bucket per integration: a sustained rate with a burst above it (core/ratelimit.py).
 
-    `cache.add` + `cache.incr` are single atomic operations on Redis, so the
-    limit holds across every web process.
+    The rate is the integration's `rate_limit_per_minute` (else BOT_RATE_LIMIT_PER_MINUTE); the
+    burst its `rate_burst`, else BOT_RATE_BURST but never more than a minute's worth of the rate.
+    On Redis the bucket is one atomic script, so the limit holds across every web process.
     """
 
     def __init__(self) -> None:
@@ -144,18 +145,11 @@ class BotRateThrottle(throttling.BaseThrottle):
         integration = request.auth
         if not isinstance(integration, BotIntegration):
             return True
-        limit = integration.rate_limit_per_minute or settings.BOT_RATE_LIMIT_PER_MINUTE
-        now = time.time()
-        window = int(now // 60)
-        key = f"bot-rate.{integration.pk}.{window}"
-        cache.add(key, 0, timeout=120)
-        try:
-            count = cache.incr(key)
-        except ValueError:  # expired between add and incr
-            cache.add(key, 1, timeout=120)
-            count = 1
-        if count > limit:
-            self._wait = (window + 1) * 60 - now
+        per_minute = integration.rate_limit_per_minute or settings.BOT_RATE_LIMIT_PER_MINUTE
+        burst = integration.rate_burst or min(settings.BOT_RATE_BURST, per_minute)
+        wait = ratelimit.take(f"bot-rate.{integration.pk}", rate_per_second=per_minute / 60, burst=burst)
+        if wait > 0:
+            self._wait = max(1, math.ceil(wait))  # Retry-After is whole seconds, and 0 would mean "now"
             return False
         return True
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -176,6 +176,23 @@ def wait_estimate(conversation: Conversation) -> WaitEstimate:
     if position is None:
         return WaitEstimate(None, None, None)
     return _estimate(position, pool_capacity(conversation.language))
+
+
+def wait_estimate_for_new(*, language: str, queue_key: datetime) -> WaitEstimate:
+    """The estimate a conversation would get if it joined the queue now with this language and queue_key.
+
+    The same rule as `wait_estimate`, for a conversation not stored yet (the admission check on a
+    new escalation): its place is behind every waiting conversation of its language (or none) whose
+    queue_key is not later than its own. One aggregate for the pool, one count for the place (none
+    when nobody is online: there is no estimate to make); the mean spans are cached.
+    """
+    pool = pool_capacity(language)
+    if pool.slots == 0:
+        return WaitEstimate(None, None, "no_agents_online")
+    ahead = waiting_conversations().filter(queue_key__lte=queue_key)
+    if language:
+        ahead = ahead.filter(language__in=[language, ""])
+    return _estimate(ahead.count() + 1, pool)
 
 
 def wait_estimates_for_waiting(limit: int = 5000) -> dict[str, WaitEstimate]:

@@ -213,6 +213,7 @@ class IntegrationInput:
     name: str
     callback_url: str
     rate_limit_per_minute: int | None = None
+    rate_burst: int | None = None
 
 
 @transaction.atomic
@@ -226,7 +227,10 @@ def integration_set_callback_url(*, integration_id: str, url: str) -> BotIntegra
 
 def integration_create(*, data: IntegrationInput) -> BotIntegration:
     integration = BotIntegration(
-        name=data.name, callback_url=data.callback_url, rate_limit_per_minute=data.rate_limit_per_minute
+        name=data.name,
+        callback_url=data.callback_url,
+        rate_limit_per_minute=data.rate_limit_per_minute,
+        rate_burst=data.rate_burst,
     )
     integration.full_clean()
     integration.save(force_insert=True)

@@ -21,7 +21,7 @@ from django.core.cache import cache
 from django.test import Client
 
 from core import jobs
-from dispatch.services import escalations
+from dispatch.services import admission, escalations
 from marketplace import services, signing
 from marketplace.models import Agent, BotIntegration, Conversation
 
@@ -79,6 +79,9 @@ def _isolated_runtime(settings: Any) -> Iterator[None]:
     settings.TASK_RUNNER = "thread"
     # The callback receivers of the tests are on loopback (production allows public addresses only).
     settings.CALLBACK_ALLOWED_NETWORKS = ["127.0.0.0/8"]
+    # Admission reads the queue on every escalation (no figure kept from an earlier test or moment).
+    settings.ADMISSION_ESTIMATE_MAX_AGE_SECONDS = 0
+    admission.forget()
     cache.clear()
     jobs.runner.clear()
     yield

@@ -24,7 +24,7 @@ from marketplace.models import Agent, BotIntegration, Conversation, Message
 from payouts.services import earnings
 
 from .. import events, payloads, selectors, tasks
-from . import conversations, offers
+from . import admission, conversations, offers
 
 
 def conversation_escalate(
@@ -36,11 +36,15 @@ def conversation_escalate(
     the unique constraint on (integration, external_id) lets one insert win and
     the other return the winner's row. The same external_id with another body is
     a 409 (`idempotency_mismatch`), as Stripe answers an idempotency key reused.
+
+    A new one is refused (503 `overloaded`, nothing stored) when it would wait past the SLA
+    (admission.py); a replay is answered as above whatever the queue.
     """
     fingerprint = marketplace_services.escalation_fingerprint(data)
     existing = Conversation.objects.filter(integration=integration, external_id=data.external_id).first()
     if existing is not None:
         return marketplace_services.same_request(existing, fingerprint), False
+    admission.check_admission(language=marketplace_services.primary_language(data.language), priority=data.priority)
     try:
         with transaction.atomic():
             now = timezone.now()

@@ -15,16 +15,22 @@ class Command(BaseCommand):
         parser.add_argument("name")
         parser.add_argument("--callback-url", required=True)
         parser.add_argument("--rate-limit", type=int, default=None, help="requests per minute (default: platform's)")
+        parser.add_argument(
+            "--rate-burst", type=int, default=None, help="requests at once above that rate (default: platform's)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["rate_limit"] is not None and options["rate_limit"] < 1:
             raise CommandError("--rate-limit must be at least 1")
+        if options["rate_burst"] is not None and options["rate_burst"] < 1:
+            raise CommandError("--rate-burst must be at least 1")
         try:
             integration = services.integration_create(
                 data=services.IntegrationInput(
                     name=options["name"],
                     callback_url=options["callback_url"],
                     rate_limit_per_minute=options["rate_limit"],
+                    rate_burst=options["rate_burst"],
                 )
             )
         except ValidationError as exc:
