@@ -142,7 +142,8 @@ def world(in_process, make_agent, make_integration, recorded_jobs, stripe_on, se
     integration = make_integration(rate_limit_per_minute=1_000_000)
     agent = make_agent(username="fuzzed", capacity=5)
     ids = []
-    for n, finish in enumerate(["waiting", "assigned", "resolved", "resolved", "cancelled"]):
+    # The waiting one last: a resolve offers the freed agent whatever waits, in its own transaction.
+    for n, finish in enumerate(["assigned", "resolved", "resolved", "cancelled", "waiting"]):
         conversation, _ = escalations.conversation_escalate(
             integration=integration, data=services.EscalationInput(external_id=f"seed-{n}", summary="seeded")
         )
