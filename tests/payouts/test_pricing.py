@@ -44,6 +44,14 @@ def policy(**fields) -> PayPolicy:
     return PayPolicy.objects.create(**{**defaults, **fields})
 
 
+@pytest.fixture(autouse=True)
+def _queues_past_the_admission_sla(settings) -> None:
+    """The surge flows build queue pressure with one agent and a few conversations: with no history
+    (handle time 300 s) the third one would wait past ADMISSION_SLA_SECONDS and be refused, which is
+    not what these tests are about (tests/dispatch/test_admission.py is)."""
+    settings.ADMISSION_CONTROL = False
+
+
 # --- the base amount: the most specific active rule -------------------------------------
 
 
