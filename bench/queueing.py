@@ -159,6 +159,7 @@ def run_point(args: argparse.Namespace, rho: float, duration: float, seed: int) 
     env = bench_env(
         CALLBACK_MAX_ATTEMPTS="1",
         BOT_RATE_LIMIT_PER_MINUTE="1000000",  # the bot's rate must not be throttled
+        ADMISSION_CONTROL="false",  # the queue against Erlang C: every arrival joins it, none is shed
         OFFER_TIMEOUT_SECONDS="20",  # agents accept at once; no offer expires
     )
     me = [sys.executable, str(Path(__file__).resolve())]
