@@ -70,7 +70,7 @@ _OVERLOADED = OpenApiResponse(
         "`overloaded`: a new escalation (an external_id not seen before) that would wait past "
         "ADMISSION_SLA_SECONDS; `error.estimated_wait_seconds` is the wait it would have been told, "
         "`Retry-After` and `error.retry_after_seconds` when to try again. Nothing was stored. The same code "
-        "without an estimate: the web process had INTAKE_MAX_IN_FLIGHT new escalations in hand at once"
+        "without an estimate: the web process was full at its edge (INTAKE_MAX_IN_FLIGHT, INTAKE_MAX_WAITING)"
     ),
     examples=[
         OpenApiExample(
