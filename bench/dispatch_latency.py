@@ -421,6 +421,7 @@ def coordinator(args: argparse.Namespace) -> None:
         # Read the agents' events as they come: a full pipe would block them mid-run and skew the figures.
         agent_lines = [Lines(proc.stdout) for proc in agent_procs]
 
+        load_before = os.getloadavg()
         idle_from, idle_at = cpu_by_role(), time.monotonic()
         time.sleep(args.idle_seconds)  # what the system burns with nothing to do (heartbeats, sweepers)
         cpu_before, load_at = cpu_by_role(), time.monotonic()
@@ -461,6 +462,11 @@ def coordinator(args: argparse.Namespace) -> None:
         for lines in agent_lines:
             lines.thread.join(timeout=30)
         agent_events = [event for lines in agent_lines for event in lines.items]
+    load_after = os.getloadavg()
+    print(
+        "load average (1, 5, 15 min) before the idle window {:.1f}/{:.1f}/{:.1f}, after the load {:.1f}/{:.1f}/{:.1f}"
+        " (a figure above what this run explains means other work shared the machine)".format(*load_before, *load_after)
+    )
     posted = [json.loads(line) for line in bot.stdout.splitlines()]
     cpu_used["load: bot"] = next((p["cpu"] for p in posted if p["kind"] == "cpu"), 0.0)
     report(args, floor, [p for p in posted if p["kind"] == "posted"], agent_events, cpu_used, cpu_idle)
