@@ -152,3 +152,110 @@ def test_supervisor_actions_on_a_closed_conversation_are_refused(held, superviso
     with pytest.raises(dispatch_errors.ConversationIsClosed):
         supervision.conversation_take_over(conversation_id=conversation.pk, user=supervisor)
     assert not ConversationEvent.objects.filter(kind__startswith="supervisor").exists()
+
+
+# --- from admin: the live page's flag and the supervise page ---------------------------------------
+
+
+def supervise_url(conversation: Conversation) -> str:
+    from django.urls import reverse
+
+    return reverse("admin:dispatch_supervise", args=[conversation.pk])
+
+
+def test_the_live_page_flags_help_until_a_supervisor_acts(admin_client, held):
+    from django.urls import reverse
+
+    conversation, agent = held
+    live = reverse("admin:dispatch_live")
+    assert b"Nobody is asking for help" in admin_client.get(live).content
+
+    supervision.help_request_raise(conversation_id=conversation.pk, agent=agent, text="Refund over the limit?")
+    html = admin_client.get(live).content.decode()
+    assert "Refund over the limit?" in html and agent.display_name in html
+    assert supervise_url(conversation) in html
+
+    admin_client.post(supervise_url(conversation), {"do": "whisper", "text": "Go ahead"})
+    assert b"Nobody is asking for help" in admin_client.get(live).content
+
+
+def test_the_supervise_page_shows_the_chat_and_the_notes_and_whispers(admin_client, admin_user, held):
+    conversation, agent = held
+    supervision.help_request_raise(conversation_id=conversation.pk, agent=agent, text="Help me")
+
+    response = admin_client.post(supervise_url(conversation), {"do": "whisper", "text": "Offer a voucher"}, follow=True)
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "Whispered to the agent." in html and "Offer a voucher" in html and "Help me" in html
+    note = ConversationNote.objects.get(kind="whisper")
+    assert (note.text, note.supervisor_id, note.author_name) == ("Offer a voucher", admin_user.pk, "admin")
+    assert ConversationEvent.objects.filter(
+        conversation=conversation, kind="supervisor_whisper", actor="admin:admin"
+    ).exists()
+    # the conversation's admin record links here and lists the notes
+    from django.contrib.admin.utils import quote
+    from django.urls import reverse
+
+    change = admin_client.get(reverse("admin:marketplace_conversation_change", args=[quote(conversation.pk)]))
+    assert supervise_url(conversation) in change.content.decode() and "Offer a voucher" in change.content.decode()
+
+
+def test_join_and_take_over_from_the_supervise_page(admin_client, held):
+    conversation, agent = held
+    admin_client.post(supervise_url(conversation), {"do": "message", "text": "Hello, I am a supervisor"})
+    message = Message.objects.get(conversation=conversation, role="supervisor")
+    assert message.text == "Hello, I am a supervisor"
+    assert CallbackEvent.objects.filter(conversation=conversation, type="message.created").count() == 1
+
+    response = admin_client.post(supervise_url(conversation), {"do": "take_over"}, follow=True)
+    assert b"Taken over." in response.content
+    conversation.refresh_from_db()
+    assert conversation.status == "queued"
+    assert ConversationEvent.objects.filter(conversation=conversation, kind="supervisor_take_over").exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "shown"),
+    [
+        ({"do": "whisper", "text": ""}, b"non-empty"),
+        ({"do": "whisper", "text": "x" * 5_001}, b"at most 5000 characters"),
+        ({"do": "dance", "text": "x"}, b"Choose whisper, message or take over."),
+    ],
+)
+def test_bad_supervisor_input_is_answered_on_the_page_and_nothing_is_done(admin_client, held, data, shown):
+    conversation, _ = held
+    response = admin_client.post(supervise_url(conversation), data, follow=True)
+    assert response.status_code == 200 and shown in response.content
+    assert not ConversationNote.objects.exists()
+    assert not ConversationEvent.objects.filter(kind__startswith="supervisor").exists()
+
+
+def test_the_supervise_page_of_a_closed_or_unknown_conversation(admin_client, held):
+    from django.urls import reverse
+
+    conversation, agent = held
+    conversations.conversation_resolve(conversation_id=conversation.pk, agent=agent, outcome="resolved")
+    page = admin_client.get(supervise_url(conversation))
+    assert page.status_code == 200 and b"The conversation is closed." in page.content
+    refused = admin_client.post(supervise_url(conversation), {"do": "whisper", "text": "late"}, follow=True)
+    assert b"closed" in refused.content and not ConversationNote.objects.exists()
+    assert admin_client.get(reverse("admin:dispatch_supervise", args=["conv_nope"])).status_code == 404
+
+
+def test_supervising_needs_permission_and_a_csrf_token(client, held):
+    from django.contrib.auth.models import Permission
+    from django.test import Client
+
+    conversation, _ = held
+    viewer = get_user_model().objects.create_user("viewer", password="view-pass-123", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_conversation"))
+    client.force_login(viewer)
+    assert client.get(supervise_url(conversation)).status_code == 200
+    assert client.post(supervise_url(conversation), {"do": "whisper", "text": "x"}).status_code == 403  # view only
+
+    admin = get_user_model().objects.create_superuser("boss", password="boss-pass-123")
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(admin)
+    assert strict.post(supervise_url(conversation), {"do": "whisper", "text": "x"}).status_code == 403
+    assert not ConversationNote.objects.exists()
