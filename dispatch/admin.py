@@ -10,7 +10,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -116,6 +116,21 @@ class ConversationNoteInline(ReadOnlyInline):
 
 class SuperviseForm(forms.Form):
     text = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False, max_length=notes.NOTE_MAX_LENGTH)
+    to = forms.ChoiceField(label="Give it to", required=False, choices=())
+
+    def __init__(self, *args: Any, conversation: Conversation, own_agent: Agent | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The supervisor (when an agent too), the queue, or an agent online with a free slot.
+        free = (
+            Agent.objects.filter(approval=Agent.Approval.APPROVED, status=Agent.Status.ONLINE)
+            .filter(active_count__lt=F("capacity"))
+            .exclude(pk__in=[conversation.assigned_agent_id, own_agent.pk if own_agent else None])
+            .order_by("display_name")[:200]
+        )
+        choices = [(own_agent.pk, f"Me, as agent {own_agent.display_name}")] if own_agent else []
+        choices.append(("queue", "Back to the queue, first in line, for the next free agent"))
+        choices += [(agent.pk, f"{agent.display_name} ({agent.active_count}/{agent.capacity})") for agent in free]
+        self.fields["to"].choices = choices
 
 
 # What a supervisor can do from the supervise page: the service and the message it leaves.
@@ -265,7 +280,8 @@ class LiveConversationAdmin(ConversationAdmin):
         conversation = get_object_or_404(
             Conversation.objects.select_related("assigned_agent", "integration"), pk=conversation_id
         )
-        form = SuperviseForm(request.POST or None)
+        own_agent = Agent.objects.filter(user=request.user, approval=Agent.Approval.APPROVED).first()
+        form = SuperviseForm(request.POST or None, conversation=conversation, own_agent=own_agent)
         if request.method == "POST":
             if not self.has_change_permission(request, conversation):
                 raise PermissionDenied
@@ -274,8 +290,9 @@ class LiveConversationAdmin(ConversationAdmin):
                 messages.warning(request, "Choose whisper, message or take over.")
             elif form.is_valid():
                 service, done = action
-                text = {} if service is supervision.conversation_take_over else {"text": form.cleaned_data["text"]}
-                if _run(request, "Not done", service, conversation_id=conversation.pk, user=request.user, **text):
+                take_over = service is supervision.conversation_take_over
+                given = {"to": form.cleaned_data["to"]} if take_over else {"text": form.cleaned_data["text"]}
+                if _run(request, "Not done", service, conversation_id=conversation.pk, user=request.user, **given):
                     messages.success(request, done)
                     return HttpResponseRedirect(request.path)
             else:
@@ -292,7 +309,7 @@ class LiveConversationAdmin(ConversationAdmin):
                     kind__in=["help_requested", "supervisor_whisper", "supervisor_joined", "supervisor_take_over"]
                 )
             ),
-            "own_agent": Agent.objects.filter(user=request.user, approval=Agent.Approval.APPROVED).first(),
+            "own_agent": own_agent,
             "form": form,
             "can_act": self.has_change_permission(request, conversation) and not conversation.is_closed,
         }

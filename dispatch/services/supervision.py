@@ -6,8 +6,8 @@ has open. Every step is in the conversation's event log, the supervisor's as `ad
 
 Supervisors are staff users and need not be agents: a whisper is a note in their name, a join is a
 message to the customer in their name (role `supervisor`), and a take-over gives the conversation to
-the supervisor's own agent profile when there is an approved one, or else puts it back first in line
-for the next agent (see docs/DISPATCH.md, "Supervision").
+the agent the supervisor chooses (by default the supervisor's own approved agent profile), or puts it
+back first in line for the next agent (docs/API.md, "Help and supervision").
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from marketplace.services import conversation_log
 from .. import events, payloads
 from ..models import ConversationNote, HelpRequest
 from . import conversations, notes
-from .errors import ConversationIsClosed, NotAssignedToAgent
+from .errors import AgentUnavailable, ConversationIsClosed, NotAssignedToAgent
 
 MESSAGE_MAX_LENGTH = 20_000
 
@@ -114,23 +114,28 @@ def supervisor_message(*, conversation_id: str, user: Any, text: str) -> Message
 
 
 @transaction.atomic
-def conversation_take_over(*, conversation_id: str, user: Any) -> str:
+def conversation_take_over(*, conversation_id: str, user: Any, to: str = "") -> str:
     """A supervisor takes the conversation from its agent; says where it went (`agent:<id>` or `queue`).
 
-    To the supervisor's own approved agent profile when there is one (an admin reassignment: the
-    supervisor needs a free slot, and answers in the agent app), or else back to the queue, first
-    in line, for the next free agent. The agent it leaves gets `conversation.closed` either way.
+    `to` is an agent's id (given to that agent now, as an admin reassignment: it needs a free slot),
+    `queue` (back to the queue, first in line, for the next free agent who fits), or empty: the
+    supervisor's own approved agent profile when there is one (answer in the agent app), else the
+    queue. The agent it leaves gets `conversation.closed` either way (`reassigned` or `requeued`).
     """
     conversation = _lock_open(conversation_id)
     actor = supervisor_actor(user)
-    own = Agent.objects.filter(user=user, approval=Agent.Approval.APPROVED).first()
-    if own is not None:
-        conversations.conversation_reassign(conversation_id=conversation.pk, agent_id=own.pk, actor=actor)
-        to = f"agent:{own.pk}"
-    else:
+    if not to:
+        own = Agent.objects.filter(user=user, approval=Agent.Approval.APPROVED).values_list("pk", flat=True).first()
+        to = own or "queue"
+    if to == "queue":
         conversations.conversation_requeue(conversation_id=conversation.pk, actor=actor, reason="requeued")
-        to = "queue"
+        where = "queue"
+    else:
+        if not Agent.objects.filter(pk=to).exists():
+            raise AgentUnavailable("No such agent.")
+        conversations.conversation_reassign(conversation_id=conversation.pk, agent_id=to, actor=actor)
+        where = f"agent:{to}"
     conversation.refresh_from_db()
     help_requests_answer(conversation=conversation, actor=actor, answer=HelpRequest.Answer.TAKE_OVER)
-    conversation_log(conversation=conversation, kind="supervisor_take_over", actor=actor, data={"to": to})
-    return to
+    conversation_log(conversation=conversation, kind="supervisor_take_over", actor=actor, data={"to": where})
+    return where

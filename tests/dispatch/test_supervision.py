@@ -143,6 +143,23 @@ def test_take_over_by_a_supervisor_who_is_an_agent_gives_it_to_them(held, make_a
     assert ("supervisor_take_over", "admin:boss") in log_of(conversation)
 
 
+def test_take_over_to_a_chosen_agent_or_the_queue(held, supervisor, make_agent):
+    conversation, agent = held
+    other = make_agent(username="other")
+    with pytest.raises(dispatch_errors.AgentUnavailable):
+        supervision.conversation_take_over(conversation_id=conversation.pk, user=supervisor, to="agt_nobody")
+    assert not ConversationEvent.objects.filter(kind="supervisor_take_over").exists()
+
+    assert supervision.conversation_take_over(conversation_id=conversation.pk, user=supervisor, to=other.pk) == (
+        f"agent:{other.pk}"
+    )
+    conversation.refresh_from_db()
+    assert conversation.assigned_agent_id == other.pk
+    assert supervision.conversation_take_over(conversation_id=conversation.pk, user=supervisor, to="queue") == "queue"
+    conversation.refresh_from_db()
+    assert conversation.status == "queued"
+
+
 def test_supervisor_actions_on_a_closed_conversation_are_refused(held, supervisor):
     conversation, agent = held
     conversations.conversation_resolve(conversation_id=conversation.pk, agent=agent, outcome="resolved")
@@ -208,7 +225,9 @@ def test_join_and_take_over_from_the_supervise_page(admin_client, held):
     assert message.text == "Hello, I am a supervisor"
     assert CallbackEvent.objects.filter(conversation=conversation, type="message.created").count() == 1
 
-    response = admin_client.post(supervise_url(conversation), {"do": "take_over"}, follow=True)
+    page = admin_client.get(supervise_url(conversation)).content.decode()
+    assert "Back to the queue, first in line" in page and "Me, as agent" not in page  # the admin is no agent
+    response = admin_client.post(supervise_url(conversation), {"do": "take_over", "to": "queue"}, follow=True)
     assert b"Taken over." in response.content
     conversation.refresh_from_db()
     assert conversation.status == "queued"
