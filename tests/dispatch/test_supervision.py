@@ -278,3 +278,40 @@ def test_supervising_needs_permission_and_a_csrf_token(client, held):
     strict.force_login(admin)
     assert strict.post(supervise_url(conversation), {"do": "whisper", "text": "x"}).status_code == 403
     assert not ConversationNote.objects.exists()
+
+
+@pytest.mark.postgres
+def test_take_over_racing_the_agents_resolve_has_one_outcome(escalate, make_agent, recorded_jobs, supervisor):
+    from ..marketplace.test_races import together
+
+    outcomes = set()
+    for i in range(6):
+        agent = make_agent(username=f"racer{i}")
+        conversation = escalate(language="en", topic="billing", external_id=f"race-{i}")
+        offer = offers.offer_create(conversation_id=conversation.pk, agent_id=agent.pk)
+        offers.offer_accept(offer_id=offer.pk, agent=agent)
+        supervision.help_request_raise(conversation_id=conversation.pk, agent=agent, text="help")
+        recorded_jobs.clear()
+
+        take, resolve = together(
+            lambda c=conversation: supervision.conversation_take_over(conversation_id=c.pk, user=supervisor),
+            lambda c=conversation, a=agent: conversations.conversation_resolve(
+                conversation_id=c.pk, agent=a, outcome="resolved"
+            ),
+        )
+        recorded_jobs.clear()
+
+        conversation.refresh_from_db()
+        agent.refresh_from_db()
+        took_over = ConversationEvent.objects.filter(conversation=conversation, kind="supervisor_take_over").exists()
+        if isinstance(take, Exception):
+            assert isinstance(take, dispatch_errors.ConversationIsClosed)
+            assert conversation.status == "resolved" and not took_over
+            outcomes.add("resolved")
+        else:
+            assert isinstance(resolve, dispatch_errors.NotAssignedToAgent)
+            assert conversation.status == "queued" and took_over
+            assert HelpRequest.objects.get(conversation=conversation).answer == "take_over"
+            outcomes.add("taken")
+        assert agent.active_count == 0
+    assert outcomes  # each run had exactly one winner (which one is up to the scheduler)
