@@ -24,7 +24,7 @@ from marketplace.services import conversation_log
 from .. import events, payloads
 from ..models import ConversationNote, HelpRequest
 from . import conversations, notes
-from .errors import AgentUnavailable, ConversationIsClosed, NotAssignedToAgent
+from .errors import AgentUnavailable, ConversationIsClosed, InvalidNote, NotAssignedToAgent
 
 MESSAGE_MAX_LENGTH = 20_000
 
@@ -87,7 +87,7 @@ def supervisor_message(*, conversation_id: str, user: Any, text: str) -> Message
         raise NotAssignedToAgent("Only a conversation with an agent can be joined.")
     cleaned = (text or "").strip()
     if not cleaned or len(cleaned) > MESSAGE_MAX_LENGTH or "\x00" in cleaned:
-        raise notes.InvalidNote(f"text: a non-empty text of at most {MESSAGE_MAX_LENGTH} characters.")
+        raise InvalidNote(f"text: a non-empty text of at most {MESSAGE_MAX_LENGTH} characters.")
     actor = supervisor_actor(user)
     name = notes.supervisor_name(user)
     if not conversation.events.filter(kind="supervisor_joined", actor=actor).exists():
