@@ -10,21 +10,23 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.db.models import F, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html
 
 from core.display import format_money, format_when
 from core.errors import ApiError
-from marketplace.admin import AgentAdmin, ConversationAdmin, ReadOnlyAdmin
-from marketplace.models import Agent, Conversation
+from marketplace.admin import AgentAdmin, ConversationAdmin, ReadOnlyAdmin, ReadOnlyInline
+from marketplace.models import Agent, Conversation, ConversationEvent
 from marketplace.services import ConversationClosed
 
 from . import charts, ops
-from .models import AgentConnection, DispatchWeights, Offer, ServerHeartbeat
-from .services import conversations, escalations, presence
+from .models import AgentConnection, ConversationNote, DispatchWeights, HelpRequest, Offer, ServerHeartbeat
+from .services import conversations, escalations, notes, presence, supervision
 
 REFRESH_SECONDS = 5
 
@@ -103,9 +105,54 @@ class SlaBreachFilter(admin.SimpleListFilter):
         return queryset.filter(pk__in=late)
 
 
+class ConversationNoteInline(ReadOnlyInline):
+    """Internal notes (agents' notes, help requests, whispers, transfer notes): never the bot's."""
+
+    model = ConversationNote
+    fk_name = "conversation"
+    fields = ("created_at", "kind", "author_name", "text")
+    verbose_name_plural = "internal notes (the customer and the bot never see these)"
+
+
+class SuperviseForm(forms.Form):
+    text = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False, max_length=notes.NOTE_MAX_LENGTH)
+    to = forms.ChoiceField(label="Give it to", required=False, choices=())
+
+    def __init__(self, *args: Any, conversation: Conversation, own_agent: Agent | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The supervisor (when an agent too), the queue, or an agent online with a free slot.
+        free = (
+            Agent.objects.filter(approval=Agent.Approval.APPROVED, status=Agent.Status.ONLINE)
+            .filter(active_count__lt=F("capacity"))
+            .exclude(pk__in=[conversation.assigned_agent_id, own_agent.pk if own_agent else None])
+            .order_by("display_name")[:200]
+        )
+        choices = [(own_agent.pk, f"Me, as agent {own_agent.display_name}")] if own_agent else []
+        choices.append(("queue", "Back to the queue, first in line, for the next free agent"))
+        choices += [(agent.pk, f"{agent.display_name} ({agent.active_count}/{agent.capacity})") for agent in free]
+        self.fields["to"].choices = choices
+
+
+# What a supervisor can do from the supervise page: the service and the message it leaves.
+SUPERVISOR_ACTIONS = {
+    "whisper": (supervision.supervisor_whisper, "Whispered to the agent."),
+    "message": (supervision.supervisor_message, "Sent to the customer; you are in the chat."),
+    "take_over": (supervision.conversation_take_over, "Taken over."),
+}
+
+
 class LiveConversationAdmin(ConversationAdmin):
     actions = ("cancel", "requeue_front", "reassign")
     list_filter = (SlaBreachFilter, *ConversationAdmin.list_filter)
+    inlines = (*ConversationAdmin.inlines, ConversationNoteInline)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [*super().get_readonly_fields(request, obj), "supervise"]
+
+    @admin.display(description="Supervise")
+    def supervise(self, conversation: Conversation) -> str:
+        url = reverse("admin:dispatch_supervise", args=[conversation.pk])
+        return format_html('<a href="{}">Notes, whisper, join or take over</a>', url)
 
     @admin.action(description="Cancel selected conversations")
     def cancel(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:
@@ -162,6 +209,7 @@ class LiveConversationAdmin(ConversationAdmin):
         view = self.admin_site.admin_view
         return [
             path("live/", view(self.live_view), name="dispatch_live"),
+            path("live/<str:conversation_id>/supervise/", view(self.supervise_view), name="dispatch_supervise"),
             path("operations/", view(self.operations_view), name="dispatch_operations"),
             path("operations/data/", view(self.operations_data), name="dispatch_operations_data"),
             *super().get_urls(),
@@ -218,12 +266,68 @@ class LiveConversationAdmin(ConversationAdmin):
             "open_offers": Offer.objects.filter(state=Offer.State.PENDING).count(),
             "assigned": Conversation.objects.filter(status=Conversation.Status.ASSIGNED).count(),
             "refresh_seconds": 5,
+            "help_requests": [(h, int((now - h.created_at).total_seconds())) for h in open_help_requests()],
         }
         return TemplateResponse(request, "admin/dispatch/live.html", context)
+
+    def supervise_view(self, request: HttpRequest, conversation_id: str) -> HttpResponse:
+        """One conversation for a supervisor: its chat, its notes and help requests; whisper, join, take over.
+
+        Every POST is one action through its service (CSRF-protected by admin_view), then back here.
+        """
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        conversation = get_object_or_404(
+            Conversation.objects.select_related("assigned_agent", "integration"), pk=conversation_id
+        )
+        own_agent = Agent.objects.filter(user=request.user, approval=Agent.Approval.APPROVED).first()
+        form = SuperviseForm(request.POST or None, conversation=conversation, own_agent=own_agent)
+        if request.method == "POST":
+            if not self.has_change_permission(request, conversation):
+                raise PermissionDenied
+            action = SUPERVISOR_ACTIONS.get(request.POST.get("do", ""))
+            if action is None:
+                messages.warning(request, "Choose whisper, message or take over.")
+            elif form.is_valid():
+                service, done = action
+                take_over = service is supervision.conversation_take_over
+                given = {"to": form.cleaned_data["to"]} if take_over else {"text": form.cleaned_data["text"]}
+                if _run(request, "Not done", service, conversation_id=conversation.pk, user=request.user, **given):
+                    messages.success(request, done)
+                    return HttpResponseRedirect(request.path)
+            else:
+                messages.warning(request, f"Not done: {form.errors.as_text()}")
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Supervise {conversation.pk}",
+            "conversation": conversation,
+            "chat": list(conversation.messages.select_related("agent")),
+            "notes": list(conversation.notes.all()),
+            "help_requests": list(conversation.help_requests.filter(answered_at=None).select_related("note")),
+            "log": list(
+                ConversationEvent.objects.filter(conversation=conversation).filter(
+                    kind__in=["help_requested", "supervisor_whisper", "supervisor_joined", "supervisor_take_over"]
+                )
+            ),
+            "own_agent": own_agent,
+            "form": form,
+            "can_act": self.has_change_permission(request, conversation) and not conversation.is_closed,
+        }
+        return TemplateResponse(request, "admin/dispatch/supervise.html", context)
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         links = {"live_url": reverse("admin:dispatch_live"), "operations_url": reverse("admin:dispatch_operations")}
         return super().changelist_view(request, {**(extra_context or {}), **links})
+
+
+def open_help_requests() -> list[HelpRequest]:
+    """The help flags on the live page: asked, not yet answered, on a conversation still open."""
+    return list(
+        HelpRequest.objects.filter(answered_at=None)
+        .exclude(conversation__status__in=Conversation.CLOSED)
+        .select_related("conversation", "agent", "note")
+        .order_by("created_at")[:100]
+    )
 
 
 class LiveAgentAdmin(AgentAdmin):

@@ -26,7 +26,7 @@ from marketplace import access
 from marketplace.models import Agent, Conversation
 
 from . import events, heartbeat, payloads, protocol, selectors
-from .services import conversations, offers, presence
+from .services import conversations, notes, offers, presence, supervision
 from .services import errors as dispatch_errors
 
 logger = logging.getLogger(__name__)
@@ -256,6 +256,23 @@ class AgentConsumer(AsyncWebsocketConsumer):
             note=note,
         )()
 
+    async def on_note_send(self, content: dict[str, Any]) -> None:
+        conversation_id = protocol.field(content, "conversation_id")
+        text = protocol.field(content, "text", max_length=notes.NOTE_MAX_LENGTH)
+        client_id = protocol.field(content, "client_id")
+        await _agent_action(
+            notes.conversation_note_add,
+            self.agent_id,
+            conversation_id=conversation_id,
+            text=text,
+            client_id=client_id,
+        )()
+
+    async def on_help_request(self, content: dict[str, Any]) -> None:
+        conversation_id = protocol.field(content, "conversation_id")
+        text = protocol.field(content, "text", max_length=notes.NOTE_MAX_LENGTH)
+        await _agent_action(supervision.help_request_raise, self.agent_id, conversation_id=conversation_id, text=text)()
+
     HANDLERS = {
         "ping": on_ping,
         "presence": on_presence,
@@ -263,4 +280,6 @@ class AgentConsumer(AsyncWebsocketConsumer):
         "offer.decline": on_offer_decline,
         "message.send": on_message_send,
         "conversation.resolve": on_conversation_resolve,
+        "note.send": on_note_send,
+        "help.request": on_help_request,
     }

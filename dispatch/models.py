@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -151,3 +152,86 @@ class Assignment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.conversation_id} with {self.agent_id} from {self.started_at:%Y-%m-%d %H:%M}"
+
+
+def new_note_id() -> str:
+    return f"note_{secrets.token_hex(12)}"
+
+
+class ConversationNote(models.Model):
+    """Internal text on a conversation, for the people working it: never sent to the bot or the customer.
+
+    A table of its own, not a kind of Message: everything that reaches the bot (callbacks, the
+    escalation's answer, messages) reads Message, so a note cannot leak through any of them.
+    Seen by the assigned agent live (`note`), by every later assignee (`conversation.assigned`
+    `notes`) and by supervisors in admin.
+    """
+
+    class Kind(models.TextChoices):
+        NOTE = "note", "note"  # an agent's note
+        HELP = "help", "help request"  # an agent asked a supervisor for help (see HelpRequest)
+        WHISPER = "whisper", "whisper"  # a supervisor's note to the agent
+        TRANSFER = "transfer", "transfer note"  # the note a transfer carries
+
+    id = models.CharField(primary_key=True, max_length=32, default=new_note_id, editable=False)
+    conversation = models.ForeignKey("marketplace.Conversation", on_delete=models.CASCADE, related_name="notes")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.NOTE)
+    text = models.TextField()
+    # The author: an agent, or a supervisor (a staff user, who need not be an agent).
+    agent = models.ForeignKey(
+        "marketplace.Agent", null=True, blank=True, on_delete=models.PROTECT, related_name="notes"
+    )
+    supervisor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    author_name = models.CharField(max_length=150, help_text="The author's name as shown, kept as it was")
+    # The app's dedupe key, as for message.send.
+    client_id = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 - NULL: no key
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["conversation", "client_id"],
+                condition=Q(client_id__isnull=False),
+                name="note_client_id_unique",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} by {self.author_name}: {self.text[:40]}"
+
+    @property
+    def author_role(self) -> str:
+        return "agent" if self.agent_id else "supervisor"
+
+
+class HelpRequest(models.Model):
+    """An agent's call for a supervisor: a flag on the admin live page until a supervisor acts.
+
+    Its text is the conversation's `help` note (agents see it among the notes); the flag is
+    lowered by a whisper, a join or a take-over (`answer`), or when the conversation closes.
+    """
+
+    class Answer(models.TextChoices):
+        WHISPER = "whisper"
+        JOIN = "join"
+        TAKE_OVER = "take_over"
+
+    conversation = models.ForeignKey("marketplace.Conversation", on_delete=models.CASCADE, related_name="help_requests")
+    agent = models.ForeignKey("marketplace.Agent", on_delete=models.PROTECT, related_name="help_requests")
+    note = models.OneToOneField(ConversationNote, on_delete=models.CASCADE, related_name="help_request")
+    created_at = models.DateTimeField(default=timezone.now)
+    answered_at = models.DateTimeField(null=True, blank=True)
+    answered_by = models.CharField(max_length=80, blank=True, help_text="admin:<username>")
+    answer = models.CharField(max_length=16, choices=Answer.choices, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [
+            models.Index(fields=["created_at"], condition=Q(answered_at__isnull=True), name="help_request_open"),
+        ]
+
+    def __str__(self) -> str:
+        return f"help on {self.conversation_id} from {self.agent_id}"

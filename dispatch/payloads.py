@@ -12,7 +12,7 @@ from marketplace.models import Agent, Conversation, Message
 from payouts import selectors as payout_selectors
 
 from . import events, selectors
-from .models import Offer
+from .models import ConversationNote, Offer
 
 
 def _iso(value: Any) -> str:
@@ -51,6 +51,7 @@ def conversation_payload(conversation: Conversation) -> dict[str, Any]:
         "customer": conversation.customer,
         "transcript": conversation.transcript,
         "messages": [message_payload(m)["message"] for m in conversation.messages.all()],
+        "notes": [note_payload(n) for n in conversation.notes.all()],
         "assigned_at": _iso(conversation.assigned_at) if conversation.assigned_at else None,
     }
 
@@ -77,7 +78,7 @@ def hello_payload(agent_id: str) -> dict[str, Any]:
 
 
 def message_payload(message: Message) -> dict[str, Any]:
-    return {
+    payload: dict[str, Any] = {
         "type": "message",
         "conversation_id": message.conversation_id,
         "message": {
@@ -88,3 +89,22 @@ def message_payload(message: Message) -> dict[str, Any]:
             "client_id": message.client_id,
         },
     }
+    if message.role == Message.Role.SUPERVISOR:  # a second human in the chat, by name
+        payload["message"]["author"] = {"role": "supervisor", "display_name": message.author_name}
+    return payload
+
+
+def note_payload(note: ConversationNote) -> dict[str, Any]:
+    """An internal note as agents see it (`note` frames, `conversation.assigned` `notes`); never the bot."""
+    return {
+        "id": note.id,
+        "kind": note.kind,
+        "author": {"role": note.author_role, "display_name": note.author_name},
+        "text": note.text,
+        "created_at": _iso(note.created_at),
+        "client_id": note.client_id,
+    }
+
+
+def note_frame(note: ConversationNote) -> dict[str, Any]:
+    return {"type": "note", "conversation_id": note.conversation_id, "note": note_payload(note)}

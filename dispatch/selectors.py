@@ -150,7 +150,7 @@ def pending_offer(agent_id: str) -> Offer | None:
 def active_conversations(agent_id: str) -> QuerySet[Conversation]:
     return (
         Conversation.objects.filter(assigned_agent_id=agent_id, status=Conversation.Status.ASSIGNED)
-        .prefetch_related("messages")
+        .prefetch_related("messages", "notes")
         .order_by("assigned_at")
     )
 

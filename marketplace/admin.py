@@ -189,7 +189,7 @@ class BotIntegrationAdmin(admin.ModelAdmin):
 
 class MessageInline(ReadOnlyInline):
     model = Message
-    fields = ("created_at", "role", "text", "agent", "external_id", "client_id")
+    fields = ("created_at", "role", "text", "agent", "author_name", "external_id", "client_id")
 
 
 class ConversationEventInline(ReadOnlyInline):

@@ -258,12 +258,16 @@ class Message(models.Model):
         BOT = "bot"
         AGENT = "agent"
         SYSTEM = "system"
+        # A supervisor who joined the chat from admin: the customer sees a second human.
+        SUPERVISOR = "supervisor"
 
     id = models.CharField(primary_key=True, max_length=32, default=new_message_id, editable=False)
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
     role = models.CharField(max_length=16, choices=Role.choices)
     text = models.TextField()
     agent = models.ForeignKey(Agent, null=True, blank=True, on_delete=models.PROTECT, related_name="messages")
+    # The name shown for a supervisor's message (a staff user, who need not be an agent).
+    author_name = models.CharField(max_length=150, blank=True, default="")
     # Dedupe keys: the bot's id for a customer message, the app's for an agent's.
     external_id = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 - NULL: no key
     client_id = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 - NULL: no key

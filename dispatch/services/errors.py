@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.errors import Conflict
+from core.errors import ApiError, Conflict
 
 
 class OfferNotOpen(Conflict):
@@ -38,3 +38,13 @@ class NotReopenable(Conflict):
 class TooManySockets(Conflict):
     default_code = "too_many_sockets"
     default_detail = "Too many sockets open for this agent: close one first."
+
+
+class InvalidNote(ApiError):
+    default_code = "invalid_request"
+    default_detail = "A note is a non-empty text."
+
+
+class ConversationIsClosed(Conflict):
+    default_code = "conversation_closed"
+    default_detail = "The conversation is closed."

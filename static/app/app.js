@@ -100,7 +100,7 @@ function newId() {
   return crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random().toString(16).slice(2)}`;
 }
 
-const labels = { customer: "Customer", bot: "AI assistant", agent: "You", system: "Note" };
+const labels = { customer: "Customer", bot: "AI assistant", agent: "You", system: "Note", supervisor: "Supervisor" };
 
 // --- views -------------------------------------------------------------------------------
 
@@ -225,6 +225,8 @@ function handle(message) {
       return onMessage(message.conversation_id, message.message);
     case "conversation.closed":
       return onClosed(message.conversation_id, message.reason, message.detail);
+    case "note":
+      return onNote(message.conversation_id, message.note);
     case "error":
       return onError(message);
     default:
@@ -257,6 +259,7 @@ function onError(error) {
     show("home");
     return;
   }
+  if (error.ref === "note.send" || error.ref === "help.request") onInternalRefused(error.ref);
   toast(error.detail || error.code);
   const accept = $("#offer-accept");
   accept.disabled = false;
@@ -537,17 +540,139 @@ function buildPanel(conversation) {
       toast("Not connected; try again in a moment.");
     }
   });
+  buildInternal(panel, id);
   $("#chat-panels").append(panel);
   renderMessages(id);
+  renderNotes(id);
   return panel;
 }
 
-function messageItem(role, text, { at = null, pending = false } = {}) {
+// --- internal notes and help: agents and supervisors only, never the customer or the bot ----------
+
+const NOTE_KINDS = { note: "Note", help: "Asked for help", whisper: "Supervisor", transfer: "Transfer note" };
+const pendingNotes = new Map(); // client_id -> {conversation_id, text, at}: sent, not yet back from the server
+const pendingHelp = new Map(); // conversation_id -> the help request's text, until the server has it
+
+function buildInternal(panel, id) {
+  const noteText = $(".note-form textarea", panel);
+  noteText.id = `internal-note-${id}`;
+  $(".note-form-label", panel).htmlFor = noteText.id;
+  $(".note-form", panel).addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = noteText.value.trim();
+    if (!text) return;
+    const clientId = newId();
+    if (!send({ type: "note.send", conversation_id: id, text, client_id: clientId })) {
+      toast("Not connected; your note is kept here. Try again in a moment.");
+      return;
+    }
+    pendingNotes.set(clientId, { conversation_id: id, text, at: new Date().toISOString() });
+    noteText.value = "";
+    renderNotes(id);
+  });
+  const helpText = $(".help-form textarea", panel);
+  helpText.id = `help-${id}`;
+  $(".help-label", panel).htmlFor = helpText.id;
+  $(".help-form", panel).addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = helpText.value.trim();
+    if (!text) {
+      helpText.focus();
+      return;
+    }
+    if (!send({ type: "help.request", conversation_id: id, text })) {
+      toast("Not connected; try again in a moment.");
+      return;
+    }
+    pendingHelp.set(id, text);
+    helpText.value = "";
+    $(".help", panel).open = false;
+    showHelpStatus(id, "Asking a supervisor…");
+  });
+}
+
+function showHelpStatus(id, text) {
+  const status = $(`#panel-${CSS.escape(id)} .help-status`);
+  if (!status) return;
+  status.textContent = text;
+  status.hidden = false;
+}
+
+function noteItem(note, { pending = false } = {}) {
+  const item = document.createElement("li");
+  item.className = `${note.kind || "note"}${pending ? " pending" : ""}`;
+  const who = document.createElement("span");
+  who.className = "who";
+  const author = note.author?.display_name || "";
+  who.textContent = pending ? "You · sending…" : [NOTE_KINDS[note.kind] || "Note", author].filter(Boolean).join(" · ");
+  const shown = note.created_at ? clock(note.created_at) : "";
+  if (shown && !pending) {
+    const time = document.createElement("time");
+    time.dateTime = note.created_at;
+    time.textContent = shown;
+    who.append(" ", time);
+  }
+  item.append(who, document.createTextNode(note.text));
+  return item;
+}
+
+function renderNotes(id) {
+  const panel = $(`#panel-${CSS.escape(id)}`);
+  const conversation = state.conversations.get(id);
+  if (!panel || !conversation) return;
+  const notes = conversation.notes || [];
+  const items = notes.map((note) => noteItem(note));
+  for (const [clientId, item] of pendingNotes) {
+    if (item.conversation_id === id && !notes.some((n) => n.client_id === clientId)) {
+      items.push(noteItem({ kind: "note", text: item.text }, { pending: true }));
+    }
+  }
+  $(".internal-notes", panel).replaceChildren(...items);
+}
+
+function onInternalRefused(ref) {
+  // The server refused a note or a help request: its text goes back where it was typed, nothing lost.
+  if (ref === "note.send") {
+    for (const [clientId, item] of pendingNotes) {
+      const box = $(`#internal-note-${CSS.escape(item.conversation_id)}`);
+      if (box && !box.value) box.value = item.text;
+      pendingNotes.delete(clientId);
+      renderNotes(item.conversation_id);
+    }
+  } else {
+    for (const [id, text] of pendingHelp) {
+      const panel = $(`#panel-${CSS.escape(id)}`);
+      if (!panel) continue;
+      $(".help-form textarea", panel).value = text;
+      $(".help", panel).open = true;
+      $(".help-status", panel).hidden = true;
+    }
+    pendingHelp.clear();
+  }
+}
+
+function onNote(conversationId, note) {
+  const conversation = state.conversations.get(conversationId);
+  if (!conversation) return;
+  conversation.notes = conversation.notes || [];
+  if (!conversation.notes.some((n) => n.id === note.id)) conversation.notes.push(note);
+  if (note.client_id) pendingNotes.delete(note.client_id);
+  if (note.kind === "help") pendingHelp.delete(conversationId);
+  renderNotes(conversationId);
+  if (note.kind === "help") showHelpStatus(conversationId, `Help requested at ${clock(note.created_at)}: a supervisor has been alerted.`);
+  if (note.kind === "whisper") {
+    showHelpStatus(conversationId, `${note.author?.display_name || "A supervisor"} answered (internal note below).`);
+    toast(`Supervisor (internal): ${note.text.slice(0, 80)}`);
+  }
+}
+
+function messageItem(role, text, { at = null, pending = false, author = null } = {}) {
   const item = document.createElement("li");
   item.className = `${role}${pending ? " pending" : ""}`;
   const who = document.createElement("span");
   who.className = "who";
   who.textContent = pending ? "You · sending…" : labels[role] || role;
+  if (author && !pending) who.textContent += ` · ${author}`;
   const shown = at ? clock(at) : "";
   if (shown) {
     const time = document.createElement("time");
@@ -565,7 +690,9 @@ function renderMessages(id) {
   if (!panel || !conversation) return;
   const list = $(".live", panel);
   const sent = new Set(conversation.messages.map((m) => m.client_id).filter(Boolean));
-  const items = conversation.messages.map((m) => messageItem(m.role, m.text, { at: m.created_at }));
+  const items = conversation.messages.map((m) =>
+    messageItem(m.role, m.text, { at: m.created_at, author: m.author?.display_name }),
+  );
   for (const item of store.outbox()) {
     if (item.conversation_id === id && !sent.has(item.client_id)) {
       items.push(messageItem("agent", item.text, { at: item.at, pending: true }));
