@@ -26,7 +26,7 @@ from marketplace import access
 from marketplace.models import Agent, Conversation
 
 from . import events, heartbeat, payloads, protocol, selectors
-from .services import conversations, offers, presence
+from .services import conversations, offers, presence, transfers
 from .services import errors as dispatch_errors
 
 logger = logging.getLogger(__name__)
@@ -256,6 +256,14 @@ class AgentConsumer(AsyncWebsocketConsumer):
             note=note,
         )()
 
+    async def on_conversation_transfer(self, content: dict[str, Any]) -> None:
+        conversation_id = protocol.field(content, "conversation_id")
+        to = protocol.transfer_to(content)
+        note = protocol.field(content, "note", max_length=5_000, required=False)
+        await _agent_action(
+            transfers.conversation_transfer, self.agent_id, conversation_id=conversation_id, note=note, **to
+        )()
+
     HANDLERS = {
         "ping": on_ping,
         "presence": on_presence,
@@ -263,4 +271,5 @@ class AgentConsumer(AsyncWebsocketConsumer):
         "offer.decline": on_offer_decline,
         "message.send": on_message_send,
         "conversation.resolve": on_conversation_resolve,
+        "conversation.transfer": on_conversation_transfer,
     }
