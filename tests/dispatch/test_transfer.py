@@ -353,3 +353,23 @@ def test_a_transferred_conversation_keeps_its_place_ahead_of_later_arrivals(
     other = make_agent()
     assert matching.agent_dispatch(agent_id=other.pk).conversation_id == transferred.pk
     assert all(Conversation.objects.get(pk=c.pk).status == "queued" for c in later)
+
+
+def test_transfers_show_on_the_conversations_admin_page_and_in_their_own_list(
+    admin_client, escalate, make_agent, recorded_jobs
+):
+    from django.contrib.admin.utils import quote
+    from django.urls import reverse
+
+    first = make_agent(username="ann")
+    conversation = held_by(escalate, first, recorded_jobs)
+    make_agent(username="bob")
+    transfers.conversation_transfer(conversation_id=conversation.pk, agent=first, to_agent="bob", note="Needs a refund")
+    offers.offer_decline(offer_id=pending_offer(conversation).pk, agent=Agent.objects.get(user__username="bob"))
+
+    page = admin_client.get(reverse("admin:marketplace_conversation_change", args=[quote(conversation.pk)]))
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "transfer.requested" in text and "transferred" in text and "Needs a refund" in text
+    listing = admin_client.get(reverse("admin:dispatch_conversationtransfer_changelist"))
+    assert listing.status_code == 200 and "bob, then queue" in listing.content.decode()
