@@ -25,7 +25,15 @@ from marketplace.models import Agent, Conversation, ConversationEvent
 from marketplace.services import ConversationClosed
 
 from . import charts, ops
-from .models import AgentConnection, ConversationNote, DispatchWeights, HelpRequest, Offer, ServerHeartbeat
+from .models import (
+    AgentConnection,
+    ConversationNote,
+    ConversationTransfer,
+    DispatchWeights,
+    HelpRequest,
+    Offer,
+    ServerHeartbeat,
+)
 from .services import conversations, escalations, notes, presence, supervision
 
 REFRESH_SECONDS = 5
@@ -50,6 +58,40 @@ class OfferAdmin(ReadOnlyAdmin):
     @admin.display(description="Created", ordering="created_at")
     def created(self, offer: Offer) -> str:
         return format_when(offer.created_at)
+
+
+@admin.register(ConversationTransfer)
+class ConversationTransferAdmin(ReadOnlyAdmin):
+    list_display = ("id", "conversation_id", "from_agent", "target", "state", "fallback_reason", "handling", "created")
+    list_filter = ("state", "fallback_reason")
+    search_fields = ("id", "conversation__id", "from_agent__display_name", "to_agent__display_name", "note")
+    list_select_related = ("from_agent", "to_agent")
+    date_hierarchy = "created_at"
+
+    @admin.display(description="To")
+    def target(self, transfer: ConversationTransfer) -> str:
+        queue = " / ".join(filter(None, [transfer.language, *transfer.skills])) or "general"
+        if transfer.to_agent is None:
+            return f"queue: {queue}"
+        named = transfer.to_agent.display_name
+        return f"{named}, then queue: {queue}" if transfer.fallback_reason else named
+
+    @admin.display(description="Handling share", ordering="handling_amount")
+    def handling(self, transfer: ConversationTransfer) -> str:
+        return format_money(transfer.handling_amount, transfer.handling_currency or settings.PLATFORM_CURRENCY)
+
+    @admin.display(description="Created", ordering="created_at")
+    def created(self, transfer: ConversationTransfer) -> str:
+        return format_when(transfer.created_at)
+
+
+class ConversationTransferInline(ReadOnlyInline):
+    """A conversation's transfers on its admin page, beside its event log (`transfer.requested`, `transferred`)."""
+
+    model = ConversationTransfer
+    fk_name = "conversation"
+    fields = ("created_at", "from_agent", "to_agent", "language", "skills", "note", "state", "fallback_reason")
+    show_change_link = True
 
 
 @admin.register(DispatchWeights)
@@ -144,7 +186,7 @@ SUPERVISOR_ACTIONS = {
 class LiveConversationAdmin(ConversationAdmin):
     actions = ("cancel", "requeue_front", "reassign")
     list_filter = (SlaBreachFilter, *ConversationAdmin.list_filter)
-    inlines = (*ConversationAdmin.inlines, ConversationNoteInline)
+    inlines = (*ConversationAdmin.inlines, ConversationTransferInline, ConversationNoteInline)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return [*super().get_readonly_fields(request, obj), "supervise"]

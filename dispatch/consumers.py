@@ -26,7 +26,7 @@ from marketplace import access
 from marketplace.models import Agent, Conversation
 
 from . import events, heartbeat, payloads, protocol, selectors
-from .services import conversations, notes, offers, presence, supervision
+from .services import conversations, notes, offers, presence, supervision, transfers
 from .services import errors as dispatch_errors
 
 logger = logging.getLogger(__name__)
@@ -273,6 +273,14 @@ class AgentConsumer(AsyncWebsocketConsumer):
         text = protocol.field(content, "text", max_length=notes.NOTE_MAX_LENGTH)
         await _agent_action(supervision.help_request_raise, self.agent_id, conversation_id=conversation_id, text=text)()
 
+    async def on_conversation_transfer(self, content: dict[str, Any]) -> None:
+        conversation_id = protocol.field(content, "conversation_id")
+        to = protocol.transfer_to(content)
+        note = protocol.field(content, "note", max_length=5_000, required=False)
+        await _agent_action(
+            transfers.conversation_transfer, self.agent_id, conversation_id=conversation_id, note=note, **to
+        )()
+
     HANDLERS = {
         "ping": on_ping,
         "presence": on_presence,
@@ -282,4 +290,5 @@ class AgentConsumer(AsyncWebsocketConsumer):
         "conversation.resolve": on_conversation_resolve,
         "note.send": on_note_send,
         "help.request": on_help_request,
+        "conversation.transfer": on_conversation_transfer,
     }

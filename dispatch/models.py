@@ -35,6 +35,11 @@ class Offer(models.Model):
     pay_surge = models.DecimalField(max_digits=4, decimal_places=2, default=1, help_text="Surge multiplier applied")
     pay_bonus = models.PositiveIntegerField(default=0, help_text="Quality bonus if the customer rates 4 or 5")
     reason = models.CharField(max_length=200, blank=True, help_text="Why it was declined or revoked")
+    # A transfer's offer (to the named agent, or from the queue after a transfer): it carries the note
+    # and whom the conversation comes from (ConversationTransfer).
+    transfer = models.ForeignKey(
+        "ConversationTransfer", null=True, blank=True, on_delete=models.SET_NULL, related_name="offers"
+    )
 
     class Meta:
         constraints = [
@@ -126,6 +131,7 @@ class Assignment(models.Model):
         REQUEUED = "requeued"
         REASSIGNED = "reassigned"
         CANCELLED = "cancelled"
+        TRANSFERRED = "transferred"
 
     conversation = models.ForeignKey("marketplace.Conversation", on_delete=models.CASCADE, related_name="assignments")
     agent = models.ForeignKey("marketplace.Agent", on_delete=models.PROTECT, related_name="assignments")
@@ -235,3 +241,69 @@ class HelpRequest(models.Model):
 
     def __str__(self) -> str:
         return f"help on {self.conversation_id} from {self.agent_id}"
+
+
+def new_transfer_id() -> str:
+    return f"xfr_{secrets.token_hex(12)}"
+
+
+class ConversationTransfer(models.Model):
+    """An agent hands its conversation on: to a named agent or to a queue (a language, skills), with a note.
+
+    To a named agent: that agent alone is offered it, and the first agent keeps the conversation
+    (and its slot) until the offer is accepted; a decline, a miss or the agent leaving falls back to
+    the queue. To a queue: the first agent is released at once. Either way the conversation keeps
+    its queue_key (its age). The first agent earns the handling share quoted here once another agent
+    accepts, if it had written to the customer (docs/PAYOUTS.md).
+    """
+
+    class State(models.TextChoices):
+        OFFERED = "offered"  # offered to the named agent; the first agent still holds the conversation
+        QUEUED = "queued"  # in line for the queue it was sent to (or the normal queue after a fallback)
+        COMPLETED = "completed"  # another agent accepted
+        CANCELLED = "cancelled"  # overtaken: resolved, cancelled, re-queued or reassigned before anyone took it
+
+    OPEN = (State.OFFERED, State.QUEUED)
+
+    id = models.CharField(primary_key=True, max_length=32, default=new_transfer_id, editable=False)
+    conversation = models.ForeignKey("marketplace.Conversation", on_delete=models.CASCADE, related_name="transfers")
+    from_agent = models.ForeignKey("marketplace.Agent", on_delete=models.PROTECT, related_name="transfers_out")
+    # The spell it ends: at most one transfer per assignment, so its handling share is earned at most once.
+    from_assignment = models.OneToOneField(Assignment, on_delete=models.PROTECT, related_name="transfer")
+    to_agent = models.ForeignKey(
+        "marketplace.Agent", null=True, blank=True, on_delete=models.PROTECT, related_name="transfers_in"
+    )
+    language = models.CharField(max_length=16, blank=True, help_text="The queue's language")
+    skills = models.JSONField(default=list, blank=True, help_text="Skills the next agent needs (all of them)")
+    note = models.TextField(blank=True, help_text="For the next agent: shown on the offer and in the conversation")
+    state = models.CharField(max_length=16, choices=State.choices)
+    fallback_reason = models.CharField(
+        max_length=32, blank=True, help_text="Why a transfer to a named agent went to the queue instead"
+    )
+    accepted_by = models.ForeignKey(
+        "marketplace.Agent", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    handling_amount = models.PositiveIntegerField(default=0, help_text="The first agent's handling share, quoted")
+    handling_currency = models.CharField(max_length=3)
+    created_at = models.DateTimeField(default=timezone.now)
+    queued_at = models.DateTimeField(null=True, blank=True, help_text="When it joined the queue (skills widen from)")
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["conversation"],
+                condition=Q(state__in=["offered", "queued"]),
+                name="transfer_one_open_per_conversation",
+            ),
+        ]
+        indexes = [models.Index(fields=["state", "conversation"])]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.conversation_id} from {self.from_agent_id} ({self.state})"
+
+    def to_payload(self, username: str | None = None) -> dict[str, object]:
+        """`to` as the agents' socket says it: {"agent": USERNAME} or {"queue": {"language", "skills"}}."""
+        if self.to_agent is not None and not self.fallback_reason:
+            return {"agent": username if username is not None else self.to_agent.user.username}
+        return {"queue": {"language": self.language, "skills": list(self.skills)}}

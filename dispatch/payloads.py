@@ -12,7 +12,7 @@ from marketplace.models import Agent, Conversation, Message
 from payouts import selectors as payout_selectors
 
 from . import events, selectors
-from .models import ConversationNote, Offer
+from .models import ConversationNote, ConversationTransfer, Offer
 
 
 def _iso(value: Any) -> str:
@@ -37,7 +37,38 @@ def offer_payload(offer: Offer) -> dict[str, Any]:
             "quality_bonus": offer.pay_bonus,
         },
         "expires_at": _iso(offer.expires_at),
+        **(transfer_offer_fields(offer) if offer.transfer_id else {}),
     }
+
+
+def transfer_offer_fields(offer: Offer) -> dict[str, Any]:
+    """A transfer's offer: the note for the next agent, whom it comes from, and (upfront) the handling
+    share the first agent earns on top when this one accepts; the offer's own pay is not reduced by it."""
+    transfer = offer.transfer
+    if transfer is None:
+        return {}
+    return {
+        "transfer_note": transfer.note,
+        "transfer": {
+            "id": transfer.id,
+            "from": {"display_name": transfer.from_agent.display_name},
+            "note": transfer.note,
+            "to": "agent" if transfer.to_agent_id and not transfer.fallback_reason else "queue",
+            "handling_share": handling_share_payload(transfer, with_eligibility=False),
+        },
+    }
+
+
+def handling_share_payload(transfer: ConversationTransfer, *, with_eligibility: bool = True) -> dict[str, Any] | None:
+    """The transferring agent's handling share as shown upfront: the amount, and (to that agent) whether it
+    is earned so far, i.e. it has written to the customer. Paid when another agent accepts."""
+    if transfer.handling_amount <= 0:
+        return None
+    share: dict[str, Any] = {"amount": transfer.handling_amount, "currency": transfer.handling_currency}
+    if with_eligibility:
+        share["eligible"] = selectors.transfer_author_wrote(transfer)
+        share["earned_when"] = "accepted"
+    return share
 
 
 def conversation_payload(conversation: Conversation) -> dict[str, Any]:

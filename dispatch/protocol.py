@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -97,6 +98,31 @@ def choice(content: dict[str, Any], name: str, values: list[str], detail: str) -
     if value not in values:
         raise BadMessage("invalid_request", detail)
     return str(value)
+
+
+TRANSFER_MAX_SKILLS = 10
+
+
+def transfer_to(content: dict[str, Any]) -> dict[str, Any]:
+    """`to` of `conversation.transfer`: {"agent": USERNAME} or {"queue": {"language", "skills": [...]}},
+    as the transfer service's keyword arguments (`to_agent`, or `language` and `skills`)."""
+    to = content.get("to")
+    usage = 'to: {"agent": USERNAME} or {"queue": {"language": "de", "skills": ["billing"]}}.'
+    if not isinstance(to, dict) or len(to) != 1 or not ({"agent", "queue"} & set(to)):
+        raise BadMessage("invalid_request", usage)
+    if "agent" in to:
+        return {"to_agent": field(to, "agent", max_length=150)}
+    queue = to["queue"]
+    if not isinstance(queue, dict) or set(queue) - {"language", "skills"}:
+        raise BadMessage("invalid_request", usage)
+    language = field(queue, "language", max_length=16, required=False).strip()
+    if language and not re.fullmatch(r"[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*", language):
+        raise BadMessage("invalid_request", "to.queue.language: an ISO 639 code such as en, sv, pt-BR.")
+    skills = queue.get("skills", [])
+    if not isinstance(skills, list) or len(skills) > TRANSFER_MAX_SKILLS:
+        raise BadMessage("invalid_request", f"to.queue.skills: a list of at most {TRANSFER_MAX_SKILLS} skills.")
+    checked = [field({"skill": skill}, "skill", max_length=64) for skill in skills]
+    return {"language": language, "skills": checked}
 
 
 def _is_utf8(value: str) -> bool:

@@ -25,9 +25,9 @@ from django.db.models import (
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from marketplace.models import Agent, Conversation
+from marketplace.models import Agent, Conversation, Message
 
-from .models import Assignment, DispatchWeights, Offer
+from .models import Assignment, ConversationTransfer, DispatchWeights, Offer
 
 _REFUSED = (Offer.State.DECLINED, Offer.State.EXPIRED)
 
@@ -121,6 +121,18 @@ def ranked_candidates(conversation: Conversation, now: datetime | None = None, l
     now = now or timezone.now()
     refused = Offer.objects.filter(conversation=conversation, state__in=_REFUSED).values("agent_id")
     agents = available_agents().exclude(pk__in=refused)
+    transfer = queued_transfer(conversation.pk)
+    if transfer is not None:  # transferred to a queue: its language and skills, never back to its first agent
+        agents = agents.exclude(pk=transfer.from_agent_id)
+        if transfer.language:
+            agents = agents.filter(JsonListHas("languages", transfer.language))
+        if transfer.skills and not transfer_skills_widened(transfer, now):
+            for skill in transfer.skills:
+                agents = agents.filter(JsonListHas("skills", skill))
+        elif conversation.topic and not skills_widened(conversation, now):
+            agents = agents.filter(JsonListHas("skills", conversation.topic))
+        ranked = agents.annotate(score=score_expression(conversation, DispatchWeights.current(), now))
+        return list(ranked.order_by("-score", "pk").values_list("pk", flat=True)[:limit])
     if conversation.language:
         agents = agents.filter(JsonListHas("languages", conversation.language))
     if conversation.topic and not skills_widened(conversation, now):
@@ -140,7 +152,63 @@ def conversations_for(agent: Agent, now: datetime | None = None, limit: int = 10
         .exclude(pk__in=refused)
         .order_by("queue_key", "id")
     )
-    return list(queued.values_list("pk", flat=True)[:limit])
+    transferred = list(
+        ConversationTransfer.objects.filter(
+            state=ConversationTransfer.State.QUEUED, conversation__status=Conversation.Status.QUEUED
+        ).select_related("conversation")
+    )
+    if not transferred:  # the usual case: one small indexed query more, the main query as it was
+        return list(queued.values_list("pk", flat=True)[:limit])
+    # Conversations transferred to a queue are routed by the transfer's language and skills, not their own.
+    refused_ids = set(Offer.objects.filter(agent=agent, state__in=_REFUSED).values_list("conversation_id", flat=True))
+    rows = list(queued.exclude(pk__in=[t.conversation_id for t in transferred]).values_list("queue_key", "pk")[:limit])
+    rows += [
+        (t.conversation.queue_key, t.conversation_id)
+        for t in transferred
+        if t.conversation_id not in refused_ids and transfer_fits(agent, t, now)
+    ]
+    return [pk for _, pk in sorted(rows)[:limit]]
+
+
+def queued_transfer(conversation_id: str) -> ConversationTransfer | None:
+    """The transfer a queued conversation waits under, if it was transferred to a queue."""
+    return ConversationTransfer.objects.filter(
+        conversation_id=conversation_id, state=ConversationTransfer.State.QUEUED
+    ).first()
+
+
+def transfer_skills_widened(transfer: ConversationTransfer, now: datetime) -> bool:
+    """A transfer's skills are required for SKILL_WIDEN_AFTER_SECONDS from when it joined the queue, then
+    widen as a topic does: a transfer to a queue nobody staffs does not strand the customer."""
+    since = transfer.queued_at or transfer.created_at
+    return now - since >= timedelta(seconds=settings.SKILL_WIDEN_AFTER_SECONDS)
+
+
+def transfer_fits(agent: Agent, transfer: ConversationTransfer, now: datetime) -> bool:
+    """May this agent be offered the conversation transferred to a queue (`ranked_candidates`, in Python)?"""
+    conversation = transfer.conversation
+    if agent.pk == transfer.from_agent_id:
+        return False
+    if transfer.language and transfer.language not in (agent.languages or []):
+        return False
+    skills = set(agent.skills or [])
+    if transfer.skills and not transfer_skills_widened(transfer, now):
+        return set(transfer.skills) <= skills
+    return not conversation.topic or conversation.topic in skills or skills_widened(conversation, now)
+
+
+def transfer_author_wrote(transfer: ConversationTransfer) -> bool:
+    """Real work done: the transferring agent sent at least one message to the customer in its spell."""
+    assignment = transfer.from_assignment
+    messages = Message.objects.filter(
+        conversation_id=transfer.conversation_id,
+        role=Message.Role.AGENT,
+        agent_id=transfer.from_agent_id,
+        created_at__gte=assignment.started_at,
+    )
+    if assignment.ended_at is not None:
+        messages = messages.filter(created_at__lte=assignment.ended_at)
+    return messages.exists()
 
 
 def pending_offer(agent_id: str) -> Offer | None:

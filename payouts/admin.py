@@ -62,7 +62,14 @@ class PayRuleAdmin(admin.ModelAdmin):
 
 @admin.register(PayPolicy)
 class PayPolicyAdmin(admin.ModelAdmin):
-    list_display = ("default_amount", "surge_enabled", "surge_max", "quality_bonus_amount", "floor_hourly_amount")
+    list_display = (
+        "default_amount",
+        "surge_enabled",
+        "surge_max",
+        "quality_bonus_amount",
+        "floor_hourly_amount",
+        "transfer_share_percent",
+    )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return not PayPolicy.objects.exists()  # one row

@@ -9,6 +9,7 @@ be posted only once. Balances are sums over lines, never a stored number.
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -84,6 +85,15 @@ class PayPolicy(models.Model):
     floor_hourly_amount = models.PositiveIntegerField(
         default=1200, help_text="Earnings floor per engaged hour, per week (minor units; 0 turns it off)"
     )
+    transfer_share_percent = models.PositiveSmallIntegerField(
+        default=20,
+        validators=[MaxValueValidator(100)],
+        help_text=(
+            "Handling share: what an agent who transfers a conversation earns, as a percentage of its own quote, "
+            "once another agent accepts it, if it had written to the customer (0 turns it off). "
+            "The agent who resolves it earns its full quote besides."
+        ),
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -131,6 +141,7 @@ class Earning(models.Model):
         RESOLUTION = "resolution"
         QUALITY_BONUS = "quality_bonus"
         FLOOR_TOPUP = "floor_topup"
+        HANDLING_SHARE = "handling_share"  # a transferred conversation's first agent, for the work done
 
     class State(models.TextChoices):
         HELD = "held"  # inside the dispute window

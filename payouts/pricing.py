@@ -86,3 +86,11 @@ def quote(conversation: Conversation) -> Quote:
         surge=surge,
         quality_bonus=policy.quality_bonus_amount,
     )
+
+
+def handling_share(quote_amount: int, policy: PayPolicy | None = None) -> int:
+    """What an agent who transfers a conversation earns for the work done: a share of its own quote
+    (`PayPolicy.transfer_share_percent`), rounded half up. The resolver's pay is not reduced by it."""
+    percent = (policy or PayPolicy.current()).transfer_share_percent
+    share = Decimal(quote_amount) * Decimal(percent) / Decimal(100)
+    return int(share.quantize(Decimal("1"), rounding=ROUND_HALF_UP))

@@ -27,7 +27,7 @@ from marketplace.services import (
 from payouts.services import earnings
 
 from .. import events, payloads, selectors, tasks
-from ..models import Assignment, Offer
+from ..models import Assignment, ConversationTransfer, Offer
 from . import matching, offers
 from .errors import (
     AgentUnavailable,
@@ -44,6 +44,11 @@ def conversation_resolve(*, conversation_id: str, agent: Agent, outcome: str, no
     conversation = Conversation.objects.select_for_update().get(pk=conversation_id)
     if conversation.status != Conversation.Status.ASSIGNED or conversation.assigned_agent_id != agent.pk:
         raise NotAssignedToAgent()
+    if ConversationTransfer.objects.filter(
+        conversation=conversation, state=ConversationTransfer.State.OFFERED
+    ).exists():
+        # The agent finished it after all: its transfer, not yet accepted, is withdrawn.
+        offers.offers_revoke_for_conversation(conversation=conversation, reason="cancelled", detail="resolved")
     conversation.outcome = outcome
     conversation.resolution_note = note
     conversation_transition(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rest_framework import status
+
 from core.errors import ApiError, Conflict
 
 
@@ -48,3 +50,27 @@ class InvalidNote(ApiError):
 class ConversationIsClosed(Conflict):
     default_code = "conversation_closed"
     default_detail = "The conversation is closed."
+
+
+# --- transfers (conversation.transfer) ---------------------------------------------------------
+
+
+class UnknownAgent(ApiError):
+    status_code = status.HTTP_404_NOT_FOUND
+    default_code = "unknown_agent"
+    default_detail = "No agent with that username."
+
+
+class AgentOffline(Conflict):
+    default_code = "agent_offline"
+    default_detail = "That agent is not online: transfer to another agent or to a queue."
+
+
+class TransferToSelf(Conflict):
+    default_code = "transfer_to_self"
+    default_detail = "You cannot transfer a conversation to yourself."
+
+
+class TransferPending(Conflict):
+    default_code = "transfer_pending"
+    default_detail = "A transfer of this conversation is already waiting for an answer."

@@ -23,7 +23,7 @@ from marketplace.services import conversation_transition
 from payouts import pricing
 
 from .. import events, payloads, selectors, tasks
-from ..models import Assignment, Offer
+from ..models import Assignment, ConversationTransfer, Offer
 from .errors import (
     AgentUnavailable,
     OfferNotOpen,
@@ -58,6 +58,20 @@ def offer_create(*, conversation_id: str, agent_id: str, wait_for_agent: bool = 
         or Offer.objects.filter(agent=agent, state=Offer.State.PENDING).exists()
     ):
         raise AgentUnavailable()
+    # A conversation transferred to a queue carries its transfer (the note, whom it comes from) to each offer.
+    transfer = ConversationTransfer.objects.filter(
+        conversation=conversation, state=ConversationTransfer.State.QUEUED
+    ).first()
+    offer = offer_make(conversation=conversation, agent=agent, transfer=transfer)
+    conversation_transition(
+        conversation=conversation, to=Conversation.Status.OFFERED, actor="system", data={"offer_id": offer.id}
+    )
+    return offer
+
+
+def offer_make(*, conversation: Conversation, agent: Agent, transfer: ConversationTransfer | None = None) -> Offer:
+    """The offer itself, with its pay quoted, sent and timed (the caller holds the conversation's lock and
+    the agent's, and has checked that the agent can take it now)."""
     quote = pricing.quote(conversation)
     try:
         with transaction.atomic():
@@ -70,13 +84,11 @@ def offer_create(*, conversation_id: str, agent_id: str, wait_for_agent: bool = 
                 pay_base=quote.base,
                 pay_surge=quote.surge,
                 pay_bonus=quote.quality_bonus,
+                transfer=transfer,
             )
     except IntegrityError as exc:  # the partial unique indexes: one open offer per agent and conversation
         raise AgentUnavailable() from exc
     Agent.objects.filter(pk=agent.pk).update(offers_received=F("offers_received") + 1)
-    conversation_transition(
-        conversation=conversation, to=Conversation.Status.OFFERED, actor="system", data={"offer_id": offer.id}
-    )
     events.send_on_commit(agent.pk, payloads.offer_payload(offer))
     jobs.enqueue_on_commit(tasks.expire_offer, offer.id, countdown=settings.OFFER_TIMEOUT_SECONDS)
     return offer
@@ -91,6 +103,14 @@ def _lock_offer(offer_id: str) -> tuple[Conversation, Offer]:
     return conversation, Offer.objects.select_for_update().get(pk=offer_id)
 
 
+def _status_while_offered(offer: Offer) -> str:
+    """The conversation's status while this offer is open: `offered`, or for a transfer's offer to a
+    named agent `assigned` (the first agent keeps it until the offer is accepted)."""
+    if offer.transfer_id and offer.transfer is not None and offer.transfer.state == ConversationTransfer.State.OFFERED:
+        return Conversation.Status.ASSIGNED
+    return Conversation.Status.OFFERED
+
+
 def _close_offer(offer: Offer, state: str, reason: str = "") -> None:
     offer.state = state
     offer.responded_at = timezone.now()
@@ -98,8 +118,17 @@ def _close_offer(offer: Offer, state: str, reason: str = "") -> None:
     offer.save(update_fields=["state", "responded_at", "reason"])
 
 
-def _back_to_queue(conversation: Conversation, actor: str, data: dict[str, Any]) -> None:
-    """An offered conversation whose offer ended goes back to waiting, and to the next agent."""
+def _back_to_queue(conversation: Conversation, actor: str, data: dict[str, Any], offer: Offer | None = None) -> None:
+    """An offered conversation whose offer ended goes back to waiting, and to the next agent.
+
+    A transfer's offer to a named agent (the conversation still assigned to the first agent) falls
+    back to the queue instead.
+    """
+    if offer is not None and offer.transfer_id and conversation.status == Conversation.Status.ASSIGNED:
+        from . import transfers  # transfers builds on this module
+
+        transfers.transfer_fall_back(conversation=conversation, offer=offer, actor=actor)
+        return
     if conversation.status == Conversation.Status.OFFERED:
         conversation_transition(conversation=conversation, to=Conversation.Status.QUEUED, actor=actor, data=data)
         jobs.enqueue_on_commit(tasks.dispatch_conversation, conversation.pk)
@@ -113,7 +142,7 @@ def offer_accept(*, offer_id: str, agent: Agent) -> Conversation:
             offer.agent_id != agent.pk
             or offer.state != Offer.State.PENDING
             or offer.is_expired()
-            or conversation.status != Conversation.Status.OFFERED
+            or conversation.status != _status_while_offered(offer)
         ):
             raise OfferNotOpen()
         took_slot = Agent.objects.filter(pk=agent.pk, active_count__lt=F("capacity")).update(
@@ -124,13 +153,19 @@ def offer_accept(*, offer_id: str, agent: Agent) -> Conversation:
         )
         if took_slot:
             _close_offer(offer, Offer.State.ACCEPTED)
-            assign(conversation, agent, actor=f"agent:{agent.pk}", data={"offer_id": offer.id}, offer=offer)
+            data: dict[str, Any] = {"offer_id": offer.id}
+            if offer.transfer_id:
+                from . import transfers  # transfers builds on this module
+
+                transfers.transfer_complete(conversation=conversation, offer=offer, agent=agent)
+                data["transfer_id"] = offer.transfer_id
+            assign(conversation, agent, actor=f"agent:{agent.pk}", data=data, offer=offer)
             if Agent.objects.filter(pk=agent.pk, active_count__lt=F("capacity")).exists():
                 jobs.enqueue_on_commit(tasks.dispatch_agent, agent.pk)  # room for more: offer the next one now
             return conversation
         # Another conversation took the last slot (an admin's reassignment): this offer is over.
         _close_offer(offer, Offer.State.REVOKED, "no capacity left")
-        _back_to_queue(conversation, f"agent:{agent.pk}", {"offer_id": offer.id, "reason": "no_capacity"})
+        _back_to_queue(conversation, f"agent:{agent.pk}", {"offer_id": offer.id, "reason": "no_capacity"}, offer)
         events.send_on_commit(agent.pk, {"type": "offer.revoked", "offer_id": offer.id, "reason": "taken"})
     raise AgentUnavailable("No free capacity left.")
 
@@ -180,7 +215,7 @@ def offer_decline(*, offer_id: str, agent: Agent, reason: str = "") -> Offer:
             raise OfferNotOpen()
         _close_offer(offer, Offer.State.DECLINED, reason)
         Agent.objects.filter(pk=agent.pk).update(offers_declined=F("offers_declined") + 1, consecutive_misses=0)
-        _back_to_queue(conversation, f"agent:{agent.pk}", {"offer_id": offer.id, "declined": reason[:200]})
+        _back_to_queue(conversation, f"agent:{agent.pk}", {"offer_id": offer.id, "declined": reason[:200]}, offer)
         jobs.enqueue_on_commit(tasks.dispatch_agent, agent.pk)
     return offer
 
@@ -213,7 +248,7 @@ def offer_expire(*, offer_id: str) -> bool:
             fields += ["status", "status_changed_at"]
             events.presence_on_commit(agent.pk, Agent.Status.AWAY, "missed_offers")
         agent.save(update_fields=fields)
-        _back_to_queue(conversation, "system", {"offer_id": offer.id, "expired": True})
+        _back_to_queue(conversation, "system", {"offer_id": offer.id, "expired": True}, offer)
         if agent.status == Agent.Status.ONLINE:
             jobs.enqueue_on_commit(tasks.dispatch_agent, agent.pk)
     return True
@@ -226,6 +261,10 @@ def offers_revoke_for_conversation(*, conversation: Conversation, reason: str, d
         _close_offer(offer, Offer.State.REVOKED, detail or reason)
         events.send_on_commit(offer.agent_id, {"type": "offer.revoked", "offer_id": offer.id, "reason": reason})
         jobs.enqueue_on_commit(tasks.dispatch_agent, offer.agent_id)
+    # Whoever takes the conversation out of line or closes it overtakes a transfer not yet accepted.
+    ConversationTransfer.objects.filter(conversation=conversation, state__in=ConversationTransfer.OPEN).update(
+        state=ConversationTransfer.State.CANCELLED, ended_at=timezone.now()
+    )
     return offers
 
 
@@ -242,7 +281,7 @@ def offer_withdraw_for_agent(*, agent_id: str, detail: str) -> Offer | None:
         events.send_on_commit(
             agent_id, {"type": "offer.revoked", "offer_id": offer.id, "reason": "expired", "detail": detail}
         )
-        _back_to_queue(conversation, "system", {"offer_id": offer.id, "withdrawn": detail})
+        _back_to_queue(conversation, "system", {"offer_id": offer.id, "withdrawn": detail}, offer)
     return offer
 
 

@@ -83,6 +83,42 @@ def earning_accrue_resolution(
     return earning
 
 
+def earning_accrue_handling_share(
+    *,
+    assignment_id: int,
+    agent_id: str,
+    conversation_id: str,
+    amount: int,
+    currency: str,
+    detail: dict[str, Any],
+) -> Earning | None:
+    """The first agent of a transferred conversation earns its handling share (once per assignment).
+
+    The caller (dispatch) decides that it is owed (another agent accepted the transfer, and this
+    agent had written to the customer) and says how much; payable after the hold like a resolution.
+    """
+    if amount <= 0:
+        return None
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            earning = Earning.objects.create(
+                agent_id=agent_id,
+                kind=Earning.Kind.HANDLING_SHARE,
+                conversation_id=conversation_id,
+                assignment_id=assignment_id,
+                amount=amount,
+                currency=currency,
+                payable_at=_hold_until(now),
+                kicked_at=_hold_until(now),
+                detail=detail,
+            )
+    except IntegrityError:  # already earned
+        return None
+    accrue(earning, memo=f"handling share of {conversation_id} (transferred)")
+    return earning
+
+
 def earning_accrue_bonus(
     *, conversation: Conversation, score: int, quality_bonuses: Mapping[int, int]
 ) -> Earning | None:

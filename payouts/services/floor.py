@@ -40,7 +40,7 @@ def floor_close_week(*, week_start: date, engaged_seconds: Mapping[str, float]) 
         earned = (
             Earning.objects.filter(
                 agent_id=agent_id,
-                kind__in=[Earning.Kind.RESOLUTION, Earning.Kind.QUALITY_BONUS],
+                kind__in=[Earning.Kind.RESOLUTION, Earning.Kind.QUALITY_BONUS, Earning.Kind.HANDLING_SHARE],
                 created_at__gte=start,
                 created_at__lt=end,
             )

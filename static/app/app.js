@@ -227,6 +227,10 @@ function handle(message) {
       return onClosed(message.conversation_id, message.reason, message.detail);
     case "note":
       return onNote(message.conversation_id, message.note);
+    case "conversation.transfer_pending":
+      return onTransferPending(message);
+    case "conversation.transferred":
+      return onTransferred(message);
     case "error":
       return onError(message);
     default:
@@ -364,6 +368,7 @@ function showOffer(offer) {
   if (offer.pay.surge && offer.pay.surge > 1) extra.push(`×${offer.pay.surge} surge`);
   if (offer.pay.quality_bonus) extra.push(`+${money(offer.pay.quality_bonus, offer.pay.currency)} if rated 4-5`);
   $("#offer-pay-extra").textContent = extra.join(" · ");
+  showOfferTransfer(offer);
   $("#offer-accept").disabled = false;
   $("#offer-decline").disabled = false;
   $("#offer").hidden = false;
@@ -435,6 +440,7 @@ const CLOSED_REASONS = {
   requeued: "Moved back to the queue by an operator",
   admin: "Moved back to the queue by an operator",
   reassigned: "Given to another agent by an operator",
+  transferred: "Transferred",
   agent_offline: "Moved back to the queue: an operator set you offline",
   agent_suspended: "Moved back to the queue: your account was suspended",
   agent_disconnected: "Moved back to the queue: you were disconnected for too long",
@@ -532,7 +538,7 @@ function buildPanel(conversation) {
   const note = $(".note", panel);
   note.id = `note-${id}`;
   $(".note-label", panel).htmlFor = note.id;
-  for (const radio of $$("input[type=radio]", panel)) radio.name = `outcome-${id}`;
+  for (const radio of $$(".resolve-form input[type=radio]", panel)) radio.name = `outcome-${id}`;
   $(".resolve-form", panel).addEventListener("submit", (event) => {
     event.preventDefault();
     const outcome = $(`input[name="outcome-${CSS.escape(id)}"]:checked`, panel).value;
@@ -541,6 +547,7 @@ function buildPanel(conversation) {
     }
   });
   buildInternal(panel, id);
+  bindTransfer(panel, id);
   $("#chat-panels").append(panel);
   renderMessages(id);
   renderNotes(id);
@@ -702,6 +709,96 @@ function renderMessages(id) {
   list.lastElementChild?.scrollIntoView({ block: "nearest" });
 }
 
+// --- transfers: hand a conversation to a named agent or a queue, with a note ---------------------
+
+function showOfferTransfer(offer) {
+  // A transferred conversation: who it comes from and their note, and (upfront) the share they earn on top.
+  const box = $("#offer-transfer");
+  const transfer = offer.transfer;
+  box.hidden = !transfer;
+  $("#offer-title").textContent = transfer ? "Transferred conversation" : "New conversation";
+  if (!transfer) return;
+  $("#offer-transfer-from").textContent = `From ${transfer.from?.display_name || "another agent"}`;
+  $("#offer-transfer-note").textContent = offer.transfer_note || "(no note)";
+  const share = transfer.handling_share;
+  $("#offer-transfer-share").textContent = share
+    ? `You earn the full pay above; they earn ${money(share.amount, share.currency)} for the work so far.`
+    : "You earn the full pay above.";
+}
+
+function bindTransfer(panel, id) {
+  const form = $(".transfer-form", panel);
+  for (const radio of $$(".transfer-form input[type=radio]", panel)) radio.name = `transfer-to-${id}`;
+  const pairs = [
+    [".transfer-username", ".transfer-agent-label", "user"],
+    [".transfer-language", ".transfer-language-label", "lang"],
+    [".transfer-skills", ".transfer-skills-label", "skills"],
+    [".transfer-note", ".transfer-note-label", "note"],
+  ];
+  for (const [input, label, suffix] of pairs) {
+    $(input, panel).id = `transfer-${suffix}-${id}`;
+    $(label, panel).htmlFor = `transfer-${suffix}-${id}`;
+  }
+  const choose = () => {
+    const toQueue = $(`input[name="transfer-to-${CSS.escape(id)}"]:checked`, panel).value === "queue";
+    $(".transfer-agent", panel).hidden = toQueue;
+    $(".transfer-queue", panel).hidden = !toQueue;
+  };
+  for (const radio of $$(`input[name="transfer-to-${CSS.escape(id)}"]`, panel)) radio.addEventListener("change", choose);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const toQueue = $(`input[name="transfer-to-${CSS.escape(id)}"]:checked`, panel).value === "queue";
+    let to;
+    if (toQueue) {
+      const skills = $(".transfer-skills", panel).value.split(",").map((v) => v.trim()).filter(Boolean);
+      to = { queue: { language: $(".transfer-language", panel).value.trim(), skills } };
+    } else {
+      const username = $(".transfer-username", panel).value.trim();
+      if (!username) {
+        toast("Enter the username of the agent to transfer to.");
+        return;
+      }
+      to = { agent: username };
+    }
+    const note = $(".transfer-note", panel).value;
+    if (!send({ type: "conversation.transfer", conversation_id: id, to, note })) toast("Not connected; try again in a moment.");
+  });
+}
+
+function describeTarget(to) {
+  if (to?.agent) return to.agent;
+  const queue = to?.queue || {};
+  return `the ${[queue.language, ...(queue.skills || [])].filter(Boolean).join(" / ") || "general"} queue`;
+}
+
+function describeShare(share) {
+  if (!share) return "";
+  if (!share.eligible) return " No handling share: you had not written to the customer.";
+  return ` You earn ${money(share.amount, share.currency)} for your work when the next agent accepts.`;
+}
+
+function onTransferPending(message) {
+  const panel = $(`#panel-${CSS.escape(message.conversation_id)}`);
+  if (panel) {
+    $(".transfer-share", panel).textContent = `Waiting for ${describeTarget(message.to)} to accept…`;
+    $(".transfer", panel).open = false;
+  }
+  toast(`Offered to ${describeTarget(message.to)}. Keep helping the customer until they accept.${describeShare(message.handling_share)}`);
+}
+
+function onTransferred(message) {
+  const conversation = state.conversations.get(message.conversation_id);
+  const fallback = message.fallback ? ` (${message.fallback.agent} ${message.fallback.reason === "declined" ? "declined" : "did not answer"})` : "";
+  toast(`Transferred to ${describeTarget(message.to)}${fallback}: ${conversation?.customer?.name || "conversation"}.${describeShare(message.handling_share)}`);
+  if (!conversation) return;
+  state.conversations.delete(message.conversation_id);
+  store.setDraft(message.conversation_id, "");
+  store.setOutbox(store.outbox().filter((item) => item.conversation_id !== message.conversation_id));
+  if (state.selected === message.conversation_id) state.selected = [...state.conversations.keys()][0] || null;
+  renderChats();
+  loadMe();
+}
+
 // --- home, earnings, payouts, profile ------------------------------------------------------------
 
 async function loadMe() {
@@ -727,7 +824,12 @@ function renderPayoutsWarning(payouts) {
   $("#payouts-warning-text").textContent = payouts.detail || "";
 }
 
-const KINDS = { resolution: "Resolution", quality_bonus: "Quality bonus", floor_topup: "Earnings floor top-up" };
+const KINDS = {
+  resolution: "Resolution",
+  quality_bonus: "Quality bonus",
+  floor_topup: "Earnings floor top-up",
+  handling_share: "Handling share (transferred)",
+};
 const STATES = {
   held: "On hold",
   pending: "Waiting",

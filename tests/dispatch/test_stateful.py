@@ -43,12 +43,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 from rest_framework.exceptions import APIException
 
-from dispatch.models import AgentConnection, Assignment, Offer
-from dispatch.services import conversations, escalations, matching, presence
+from dispatch.models import AgentConnection, Assignment, ConversationTransfer, Offer
+from dispatch.services import conversations, escalations, matching, presence, transfers
 from dispatch.services import errors as dispatch_errors
 from dispatch.services import offers as dispatch_offers
 from marketplace import selectors, services
 from marketplace.models import Agent, CallbackEvent, Conversation
+from payouts.models import Earning
 
 from ..conftest import BotClient
 
@@ -304,6 +305,24 @@ class Marketplace(RuleBasedStateMachine):
             client_id=f"c-{conversation_pick}",
         )
 
+    @precondition(lambda self: self.conversations)
+    @rule(pick=PICK, agent_pick=PICK, to_queue=st.booleans(), own=st.booleans())
+    @settles
+    def transfer(self, pick: int, agent_pick: int, to_queue: bool, own: bool) -> None:
+        """The agent on a conversation transfers it to another agent or to a queue (`own`), or some agent
+        tries any conversation (refused unless it holds it); refusals are 4xx domain errors."""
+        assigned = list(Conversation.objects.filter(status="assigned").order_by("pk"))
+        if own and assigned:
+            target = assigned[pick % len(assigned)]
+            agent = Agent.objects.get(pk=target.assigned_agent_id)
+            conversation_id = target.pk
+        else:
+            agent, conversation_id = Agent.objects.get(pk=self.agent(pick)), self.conversation(pick)
+        to: dict[str, Any] = (
+            {"language": "en"} if to_queue else {"to_agent": Agent.objects.get(pk=self.agent(agent_pick)).user.username}
+        )
+        self.agent_does(transfers.conversation_transfer, conversation_id=conversation_id, agent=agent, note="n", **to)
+
     # --- admins -----------------------------------------------------------------------
 
     @precondition(lambda self: self.conversations)
@@ -391,6 +410,10 @@ class Marketplace(RuleBasedStateMachine):
     @invariant()
     def each_conversation_is_in_one_consistent_state(self) -> None:
         pending = Counter(Offer.objects.filter(state="pending").values_list("conversation_id", flat=True))
+        # A transfer's offer to a named agent: the conversation stays with its first agent until accepted.
+        transfer_offers = dict(
+            Offer.objects.filter(state="pending", transfer__state="offered").values_list("conversation_id", "agent_id")
+        )
         open_assignments = dict(
             Assignment.objects.filter(ended_at=None).values_list("conversation_id", "agent_id").order_by()
         )
@@ -398,12 +421,31 @@ class Marketplace(RuleBasedStateMachine):
         rows = Conversation.objects.values_list("pk", "status", "assigned_agent_id")
         for pk, status, agent_id in rows:
             state = (status, pending[pk], pk in open_assignments)
-            if status == "assigned":
+            if status == "assigned" and pk in transfer_offers:
+                assert state == ("assigned", 1, True) and open_assignments[pk] == agent_id is not None, state
+                assert transfer_offers[pk] != agent_id
+            elif status == "assigned":
                 assert state == ("assigned", 0, True) and open_assignments[pk] == agent_id is not None, state
             elif status == "offered":
                 assert state == ("offered", 1, False), state
             else:  # queued, or closed: nobody has it, nobody is offered it
                 assert state[1:] == (0, False), state
+
+    @invariant()
+    def open_transfers_agree_with_their_conversations(self) -> None:
+        for transfer in ConversationTransfer.objects.filter(state__in=["offered", "queued"]).select_related(
+            "conversation"
+        ):
+            conversation = transfer.conversation
+            if transfer.state == "offered":  # still with the first agent, offered to the named one
+                assert (conversation.status, conversation.assigned_agent_id) == ("assigned", transfer.from_agent_id)
+                assert Offer.objects.filter(transfer=transfer, state="pending").count() == 1
+            else:  # in line for its queue
+                assert conversation.status in ("queued", "offered"), (transfer.pk, conversation.status)
+        shares = Counter(
+            Earning.objects.filter(kind="handling_share").values_list("assignment_id", flat=True).order_by()
+        )
+        assert all(count == 1 for count in shares.values())
 
     @invariant()
     def each_agent_holds_what_it_is_counted_for(self) -> None:
