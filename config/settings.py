@@ -183,7 +183,19 @@ if REDIS_URL:
             },
         }
     }
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    # One client and one bounded pool per process (core/cache.py): Django's own RedisCache opens a
+    # pool per async context, so every open agent socket held a Redis connection of its own.
+    CACHES = {
+        "default": {
+            "BACKEND": "core.cache.SharedRedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {
+                "pool_class": "redis.BlockingConnectionPool",
+                "max_connections": env_int("REDIS_CACHE_MAX_CONNECTIONS", 50),
+                "timeout": env_float("REDIS_CACHE_POOL_TIMEOUT", 5),  # seconds to wait for a free connection
+            },
+        }
+    }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
