@@ -485,6 +485,14 @@ SERVER_HEARTBEAT_SECONDS = env_float("SERVER_HEARTBEAT_SECONDS", 5)
 SERVER_DEAD_AFTER_SECONDS = env_float("SERVER_DEAD_AFTER_SECONDS", 20)
 # A socket that sends nothing (not even `ping`) for this long is closed.
 CONNECTION_IDLE_TIMEOUT_SECONDS = env_float("CONNECTION_IDLE_TIMEOUT_SECONDS", 90)
+# Garbage collection in the web process (core/gc_policy.py): everything alive frozen at start-up
+# and at each heartbeat, no automatic full pass; a full pass after GC_FULL_EVERY_CLOSES socket
+# closes or GC_FULL_CLOSED_FRACTION of the open sockets (whichever is more), and at least every
+# GC_FULL_EVERY_SECONDS. GC_POLICY=false leaves CPython's defaults.
+GC_POLICY = env_bool("GC_POLICY", True)
+GC_FULL_EVERY_CLOSES = env_int("GC_FULL_EVERY_CLOSES", 500)
+GC_FULL_CLOSED_FRACTION = env_float("GC_FULL_CLOSED_FRACTION", 0.1)
+GC_FULL_EVERY_SECONDS = env_float("GC_FULL_EVERY_SECONDS", 600)
 WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 64 * 1024)
 WS_RATE_PER_SECOND = env_float("WS_RATE_PER_SECOND", 20)
 WS_RATE_BURST = env_int("WS_RATE_BURST", 60)

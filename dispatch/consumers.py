@@ -22,6 +22,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
+from core import gc_policy
 from marketplace import access
 from marketplace.models import Agent, Conversation
 
@@ -124,6 +125,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             # consumer without `disconnect`; its connection row would stay forever and the
             # agent would never be released (no grace period, no work passed on).
             await self._forget()
+            gc_policy.socket_closed()  # its garbage counts towards the next full collection
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch, without its hop to the sync thread before every message.
