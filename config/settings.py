@@ -257,6 +257,9 @@ INTAKE_MAX_WAIT_SECONDS = env_float("INTAKE_MAX_WAIT_SECONDS", 1.0)
 # Threads per web process for the agents' socket actions (accept, decline, message, resolve, status),
 # apart from the one thread that serves HTTP requests (dispatch/consumers.py).
 AGENT_ACTION_THREADS = env_int("AGENT_ACTION_THREADS", 4)
+# Threads per web process for the database work of opening and closing agent sockets (token,
+# connection row, hello: dispatch/socket_db.py), apart from that thread and from the actions'.
+SOCKET_DB_THREADS = env_int("SOCKET_DB_THREADS", 4)
 JOB_THREADS = {
     "celery": env_int("JOB_THREADS", 4),
     "callbacks": env_int("CALLBACK_THREADS", 8),
