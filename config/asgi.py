@@ -11,7 +11,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from config.routing import websocket_urlpatterns  # noqa: E402
-from core import edge, jobs  # noqa: E402
+from core import edge, gc_policy, jobs  # noqa: E402
 from dispatch.auth import AgentAuthMiddleware  # noqa: E402
 
 # Daphne imports this module before it listens: from then on it counts request bodies as they arrive.
@@ -28,3 +28,6 @@ application = edge.with_edge(
 
 if settings.RUN_PERIODIC_IN_PROCESS:
     jobs.start_periodic_jobs()
+
+# Last: what start-up made is frozen out of the collector's way (core/gc_policy.py).
+gc_policy.install_from_settings()

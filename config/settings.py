@@ -183,7 +183,19 @@ if REDIS_URL:
             },
         }
     }
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    # One client and one bounded pool per process (core/cache.py): Django's own RedisCache opens a
+    # pool per async context, so every open agent socket held a Redis connection of its own.
+    CACHES = {
+        "default": {
+            "BACKEND": "core.cache.SharedRedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {
+                "pool_class": "redis.BlockingConnectionPool",
+                "max_connections": env_int("REDIS_CACHE_MAX_CONNECTIONS", 50),
+                "timeout": env_float("REDIS_CACHE_POOL_TIMEOUT", 5),  # seconds to wait for a free connection
+            },
+        }
+    }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
@@ -245,6 +257,9 @@ INTAKE_MAX_WAIT_SECONDS = env_float("INTAKE_MAX_WAIT_SECONDS", 1.0)
 # Threads per web process for the agents' socket actions (accept, decline, message, resolve, status),
 # apart from the one thread that serves HTTP requests (dispatch/consumers.py).
 AGENT_ACTION_THREADS = env_int("AGENT_ACTION_THREADS", 4)
+# Threads per web process for the database work of opening and closing agent sockets (token,
+# connection row, hello: dispatch/socket_db.py), apart from that thread and from the actions'.
+SOCKET_DB_THREADS = env_int("SOCKET_DB_THREADS", 4)
 JOB_THREADS = {
     "celery": env_int("JOB_THREADS", 4),
     "callbacks": env_int("CALLBACK_THREADS", 8),
@@ -473,6 +488,14 @@ SERVER_HEARTBEAT_SECONDS = env_float("SERVER_HEARTBEAT_SECONDS", 5)
 SERVER_DEAD_AFTER_SECONDS = env_float("SERVER_DEAD_AFTER_SECONDS", 20)
 # A socket that sends nothing (not even `ping`) for this long is closed.
 CONNECTION_IDLE_TIMEOUT_SECONDS = env_float("CONNECTION_IDLE_TIMEOUT_SECONDS", 90)
+# Garbage collection in the web process (core/gc_policy.py): everything alive frozen at start-up
+# and at each heartbeat, no automatic full pass; a full pass after GC_FULL_EVERY_CLOSES socket
+# closes or GC_FULL_CLOSED_FRACTION of the open sockets (whichever is more), and at least every
+# GC_FULL_EVERY_SECONDS. GC_POLICY=false leaves CPython's defaults.
+GC_POLICY = env_bool("GC_POLICY", True)
+GC_FULL_EVERY_CLOSES = env_int("GC_FULL_EVERY_CLOSES", 500)
+GC_FULL_CLOSED_FRACTION = env_float("GC_FULL_CLOSED_FRACTION", 0.1)
+GC_FULL_EVERY_SECONDS = env_float("GC_FULL_EVERY_SECONDS", 600)
 WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 64 * 1024)
 WS_RATE_PER_SECOND = env_float("WS_RATE_PER_SECOND", 20)
 WS_RATE_BURST = env_int("WS_RATE_BURST", 60)

@@ -15,16 +15,20 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from channels.auth import AuthMiddlewareStack
-from channels.db import database_sync_to_async
 from django.contrib.auth.models import AnonymousUser
 
 from core import edge
 from marketplace import access
 
+from . import socket_db
 
-@database_sync_to_async
-def _user_for_token(key: str) -> Any:
+
+def _user_for_token_sync(key: str) -> Any:
     return access.user_for_token(key) or AnonymousUser()
+
+
+# On a socket thread, not the process's one thread for sync code (dispatch/socket_db.py).
+_user_for_token = socket_db.off_thread(_user_for_token_sync)
 
 
 def _same_site(scope: dict[str, Any]) -> bool:

@@ -17,15 +17,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from channels.consumer import get_handler_name
-from channels.db import DatabaseSyncToAsync, database_sync_to_async
+from channels.db import DatabaseSyncToAsync
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
+from core import gc_policy
 from marketplace import access
 from marketplace.models import Agent, Conversation
 
-from . import events, heartbeat, payloads, protocol, selectors
+from . import events, heartbeat, payloads, protocol, selectors, socket_db
 from .services import conversations, notes, offers, presence, supervision, transfers
 from .services import errors as dispatch_errors
 
@@ -73,21 +74,21 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close(code=4401)
             return
-        agent = await database_sync_to_async(selectors.agent_for_user)(user)
+        agent = await socket_db.off_thread(selectors.agent_for_user)(user)
         if agent is None or agent.approval == Agent.Approval.SUSPENDED:
             await self.close(code=4403)
             return
         self.agent_id = agent.pk
         self.credential: access.SocketCredential | None = self.scope.get("credential")
         if self.credential is None and "session" in self.scope:
-            self.credential = await database_sync_to_async(access.session_credential)(self.scope["session"], user)
+            self.credential = await socket_db.off_thread(access.session_credential)(self.scope["session"], user)
         self.last_heard = time.monotonic()
         self.rate = protocol.RateLimiter()
         await self.accept()
         # Join before taking the snapshot: nothing that happens in between is missed.
         await self.channel_layer.group_add(events.agent_group(self.agent_id), self.channel_name)
         try:
-            await database_sync_to_async(presence.connection_open)(
+            await socket_db.off_thread(presence.connection_open)(
                 agent_id=self.agent_id, channel_name=self.channel_name, server_id=heartbeat.SERVER_ID
             )
         except dispatch_errors.TooManySockets as exc:
@@ -100,12 +101,12 @@ class AgentConsumer(AsyncWebsocketConsumer):
             return
         try:
             # Revoked between the check at the handshake and joining the group: that message was missed.
-            if self.credential is not None and not await database_sync_to_async(access.valid_credentials)(
+            if self.credential is not None and not await socket_db.off_thread(access.valid_credentials)(
                 [self.credential]
             ):
                 await self.revoked("revoked")
                 return
-            hello = await database_sync_to_async(payloads.hello_payload)(self.agent_id)
+            hello = await socket_db.off_thread(payloads.hello_payload)(self.agent_id)
         except DatabaseError:
             # The database connection was lost: close (disconnect() cleans up) and let the app
             # reconnect, rather than crash and leave the connection row behind.
@@ -124,6 +125,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             # consumer without `disconnect`; its connection row would stay forever and the
             # agent would never be released (no grace period, no work passed on).
             await self._forget()
+            gc_policy.socket_closed()  # its garbage counts towards the next full collection
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch, without its hop to the sync thread before every message.
@@ -153,7 +155,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         # process still beats): a lost database connection gets a few more tries.
         for delay in (0.2, 0.5, 1, 2, 4, 0):
             try:
-                await database_sync_to_async(presence.connection_close)(channel_name=self.channel_name)
+                await socket_db.off_thread(presence.connection_close)(channel_name=self.channel_name)
                 break
             except DatabaseError:
                 if not delay:

@@ -20,6 +20,7 @@ from typing import Protocol
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from core import gc_policy
 from marketplace import access
 
 from .services import presence
@@ -71,6 +72,8 @@ async def _heartbeat() -> None:
         if time.monotonic() - rechecked >= settings.AGENT_ACCESS_RECHECK_SECONDS:
             rechecked = time.monotonic()
             await _recheck_credentials()
+        # The sockets opened since the last beat out of the collector's way; a full pass when due.
+        gc_policy.tick(len(_open))
         await asyncio.sleep(settings.SERVER_HEARTBEAT_SECONDS)
 
 

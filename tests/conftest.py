@@ -102,6 +102,9 @@ def _close_connections_of_the_async_thread() -> None:
     from dispatch import consumers  # the agents' socket actions run on threads of their own
 
     consumers.close_action_connections()
+    from dispatch import socket_db  # and the opening and closing of sockets, on threads of their own
+
+    socket_db.close_connections()
 
 
 @dataclass

@@ -143,13 +143,20 @@ def agent_suspend(*, agent_id: str, actor: str) -> Agent:
 
 @transaction.atomic
 def connection_open(*, agent_id: str, channel_name: str, server_id: str) -> None:
-    """Record an open socket; at most AGENT_MAX_SOCKETS per agent (counted under the agent's row lock)."""
+    """Record an open socket; at most AGENT_MAX_SOCKETS per agent (counted under the agent's row lock).
+
+    The row is written in one statement (INSERT ... ON CONFLICT DO UPDATE), not a locked read, a
+    savepoint and an insert: every agent of a restarted process comes through here at once.
+    """
     Agent.objects.select_for_update().filter(pk=agent_id).update(disconnected_at=None)
     others = AgentConnection.objects.filter(agent_id=agent_id).exclude(pk=channel_name)
     if others.count() >= settings.AGENT_MAX_SOCKETS:
         raise TooManySockets(f"At most {settings.AGENT_MAX_SOCKETS} sockets per agent: close one first.")
-    AgentConnection.objects.update_or_create(
-        channel_name=channel_name, defaults={"agent_id": agent_id, "server_id": server_id}
+    AgentConnection.objects.bulk_create(
+        [AgentConnection(channel_name=channel_name, agent_id=agent_id, server_id=server_id)],
+        update_conflicts=True,
+        unique_fields=["channel_name"],
+        update_fields=["agent", "server_id"],
     )
 
 
